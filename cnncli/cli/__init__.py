@@ -1,0 +1,1 @@
+"""The ``cnn`` command line: thin typer commands over the ``cnncli`` library."""

@@ -1,0 +1,16 @@
+"""Entry point of the ``cnn`` program: imports the command modules, which register on ``app``."""
+
+from __future__ import annotations
+
+from cnncli.cli.app import app
+
+# One import per command module (each keeps heavy imports inside its commands).
+from cnncli.cli import shapes_cmd  # noqa: E402,F401  isort: skip
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
