@@ -15,8 +15,10 @@ from cnncli.errors import CnnError, ExitCode
 
 # Data goes to stdout, everything else (progress, warnings, errors) to stderr. rich turns
 # colour off by itself when the stream is not a terminal, and honours NO_COLOR.
-stdout = Console(soft_wrap=True)
+stdout = Console()
 stderr = Console(stderr=True, soft_wrap=True)
+if not stdout.is_terminal:  # piped tables get room instead of the 80-column fallback
+    stdout.width = 160
 
 
 class OutputFormat(str, Enum):

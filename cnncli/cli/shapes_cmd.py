@@ -1,0 +1,142 @@
+"""``cnn shapes``, ``cnn layers`` and ``cnn calc``: the shape calculator commands."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cnncli.cli.app import app
+from cnncli.cli.common import OutputFormat, handle_errors, stdout, warn, write_stdout
+
+
+@app.command()
+@handle_errors
+def shapes(
+    spec: Annotated[str, typer.Argument(help="Architecture YAML file, or - for stdin.")],
+    input: Annotated[
+        str | None, typer.Option("--input", "-i", help="Override the input, HxWxC.")
+    ] = None,
+    batch: Annotated[
+        int, typer.Option("--batch", "-b", min=1, help="Batch size for activation memory.")
+    ] = 1,
+    format: Annotated[
+        OutputFormat, typer.Option("--format", "-f", help="Output format.")
+    ] = OutputFormat.table,
+    explain: Annotated[
+        bool,
+        typer.Option(
+            "--explain", "-e", help="Show each layer's formulas with the numbers filled in."
+        ),
+    ] = False,
+) -> None:
+    """Every layer's output size, parameters, multiply-adds and receptive field."""
+    from cnncli.cli import render
+    from cnncli.shapes import shapes as compute
+    from cnncli.spec import parse_hwc, parse_spec
+
+    input_shape = parse_hwc(input) if input else None
+    if spec == "-":
+        source = parse_spec(sys.stdin.read(), file="<stdin>", input_shape=input_shape)
+    else:
+        source = Path(spec)
+    report = compute(source, input_shape=input_shape, batch=batch)
+    for w in report["warnings"]:
+        warn(w)
+    if format is OutputFormat.json:
+        write_stdout(render.shapes_json(report))
+    elif format is OutputFormat.csv:
+        write_stdout(render.shapes_csv(report))
+    elif format is OutputFormat.markdown:
+        write_stdout(render.shapes_markdown(report))
+    else:
+        stdout.print(render.shapes_table(report, explain=explain))
+
+
+@app.command()
+@handle_errors
+def layers(
+    format: Annotated[OutputFormat, typer.Option("--format", "-f")] = OutputFormat.table,
+) -> None:
+    """The spec vocabulary: every layer type, its parameters, defaults and meaning."""
+    import json
+
+    from cnncli.vocabulary import vocabulary
+
+    vocab = vocabulary()
+    if format is OutputFormat.json:
+        write_stdout(json.dumps(vocab, indent=2))
+        return
+    if format in (OutputFormat.markdown, OutputFormat.csv):
+        from cnncli.vocabulary import vocabulary_markdown
+
+        write_stdout(vocabulary_markdown(vocab))
+        return
+    from rich.table import Table
+
+    for entry in vocab:
+        t = Table(title=f"{entry['type']}: {entry['doc']}", title_justify="left", expand=False)
+        t.add_column("parameter")
+        t.add_column("accepts")
+        t.add_column("default")
+        t.add_column("meaning")
+        for p in entry["params"]:
+            t.add_row(p["name"], p["accepts"], p["default"], p["doc"])
+        if not entry["params"]:
+            t.add_row("-", "", "", "no parameters")
+        stdout.print(t)
+
+
+@app.command()
+@handle_errors
+def calc(
+    kind: Annotated[str, typer.Argument(help="conv, deconv or pool.")],
+    input: Annotated[str, typer.Option("--input", "-i", help="Input size HxWxC.")],
+    filters: Annotated[int | None, typer.Option(help="conv/deconv: number of filters K.")] = None,
+    kernel: Annotated[str, typer.Option(help="F, or FhxFw.")] = "3",
+    stride: Annotated[str | None, typer.Option(help="S (pool default: the kernel size).")] = None,
+    padding: Annotated[str, typer.Option(help="valid, same, full, P or PhxPw.")] = "0",
+    dilation: Annotated[int, typer.Option(help="conv: dilation D.")] = 1,
+    groups: Annotated[int, typer.Option(help="conv: groups.")] = 1,
+    type: Annotated[str, typer.Option("--type", help="pool: max, avg or l2.")] = "max",
+    ceil: Annotated[bool, typer.Option(help="pool: ceil mode.")] = False,
+    output_padding: Annotated[int, typer.Option(help="deconv: output padding.")] = 0,
+    format: Annotated[OutputFormat, typer.Option("--format", "-f")] = OutputFormat.table,
+) -> None:
+    """One layer's output size, parameters and cost, without writing a YAML file."""
+    from cnncli.calc import one_layer_spec
+    from cnncli.cli import render
+    from cnncli.shapes import shapes as compute
+
+    spec = one_layer_spec(
+        kind,
+        input,
+        filters=filters,
+        kernel=kernel,
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        groups=groups,
+        pool_type=type,
+        ceil=ceil,
+        output_padding=output_padding,
+    )
+    report = compute(spec)
+    for w in report["warnings"]:
+        warn(w)
+    if format is OutputFormat.json:
+        write_stdout(render.shapes_json(report))
+        return
+    if format is OutputFormat.csv:
+        write_stdout(render.shapes_csv(report))
+        return
+    row = report["layers"][0]
+    stdout.print(
+        f"{kind}: {render.shape_str(report['input'])} -> {render.shape_str(row['output'])}"
+        f"  ({row['detail']})",
+        highlight=False,
+    )
+    for line in row["explain"]:
+        stdout.print("  " + line, highlight=False)

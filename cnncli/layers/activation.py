@@ -1,0 +1,121 @@
+"""Activation functions, usable as layers (``- relu``) or fused (``activation: relu``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cnncli.layers.base import Context, Layer, Node, Param, Shape, number, pos_number, suggest
+from cnncli.layers.registry import register
+
+#: name -> {hyperparameter: default}. The single list of activations the spec accepts.
+ACTIVATIONS: dict[str, dict[str, float]] = {
+    "relu": {},
+    "relu6": {},
+    "leaky_relu": {"slope": 0.01},
+    "sigmoid": {},
+    "tanh": {},
+    "elu": {"alpha": 1.0},
+    "softmax": {},
+}
+
+_FORMULAS = {
+    "relu": "max(0, x)",
+    "relu6": "min(max(0, x), 6)",
+    "leaky_relu": "x if x > 0 else slope*x",
+    "sigmoid": "1 / (1 + exp(-x))",
+    "tanh": "tanh(x)",
+    "elu": "x if x > 0 else alpha*(exp(x) - 1)",
+    "softmax": "exp(x_i) / sum_j exp(x_j), over channels",
+}
+
+Activation = tuple[str, dict[str, float]]
+
+
+def activation_param(name: str, v: Any) -> Activation | None:
+    """Normalise ``relu`` / ``{leaky_relu: {slope: 0.2}}`` / ``none`` to (name, params)."""
+    if v is None or (isinstance(v, str) and v.lower() in ("none", "linear", "identity")):
+        return None
+    hp: dict[str, Any] = {}
+    if isinstance(v, dict) and len(v) == 1:
+        ((v, hp),) = v.items()
+        hp = dict(hp or {})
+    if not isinstance(v, str) or v.lower() not in ACTIVATIONS:
+        raise ValueError(
+            f"'{name}' must be one of {', '.join(ACTIVATIONS)} or none; got {v!r}"
+            + suggest(str(v), ACTIVATIONS)
+        )
+    v = v.lower()
+    defaults = ACTIVATIONS[v]
+    for key in hp:
+        if key not in defaults:
+            raise ValueError(f"activation {v} has no parameter {key!r}" + suggest(key, defaults))
+    return v, {k: number(k, hp.get(k, d)) for k, d in defaults.items()}
+
+
+activation_param.kind = "activation name or none"  # type: ignore[attr-defined]
+
+
+def describe(act: Activation | None) -> str:
+    if act is None:
+        return "none"
+    name, hp = act
+    return name + "".join(f"({k}={v:g})" for k, v in hp.items())
+
+
+def act_forward(act: Activation, x: Any) -> tuple[Any, Any]:
+    from cnncli.ops import activations
+
+    return activations.forward(act[0], x, **act[1])
+
+
+def act_backward(act: Activation, dy: Any, cache: Any) -> Any:
+    from cnncli.ops import activations
+
+    return activations.backward(act[0], dy, cache)
+
+
+class ActivationLayer(Layer):
+    """An activation applied element-wise (softmax: across channels)."""
+
+    def resolve(self, in_shape: Shape, ctx: Context) -> Node:
+        act = self.activation()
+        return Node(
+            self.path,
+            self,
+            in_shape,
+            in_shape,
+            explain=[
+                f"y = {_FORMULAS[self.type]}; shape unchanged ({_fmt(in_shape)})"
+                + (f"; {describe(act)}" if act[1] else "")
+            ],
+        )
+
+    def activation(self) -> Activation:
+        return self.type, {k: float(self.cfg[k]) for k in ACTIVATIONS[self.type]}
+
+    def forward(self, node: Node, x: Any, state: dict, ctx: Any) -> tuple[Any, Any]:
+        return act_forward(self.activation(), x)
+
+    def backward(self, node: Node, dy: Any, cache: Any, state: dict, grads: dict) -> Any:
+        return act_backward(self.activation(), dy, cache)
+
+
+def _fmt(shape: Shape) -> str:
+    return "x".join(str(s) for s in shape)
+
+
+def _make(act_name: str, hp: dict[str, float]) -> type[Layer]:
+    params = tuple(
+        Param(k, number if k != "alpha" else pos_number, d, f"{k} of {act_name}")
+        for k, d in hp.items()
+    )
+    cls = type(
+        f"{act_name.title().replace('_', '')}Layer",
+        (ActivationLayer,),
+        {"type": act_name, "doc": f"Activation: y = {_FORMULAS[act_name]}.", "params_spec": params},
+    )
+    return register(cls)
+
+
+for _name, _hp in ACTIVATIONS.items():
+    _make(_name, _hp)

@@ -1,0 +1,287 @@
+"""Convolution and transposed convolution layers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cnncli import arith
+from cnncli.layers.activation import act_backward, act_forward, activation_param, describe
+from cnncli.layers.base import (
+    RF,
+    Context,
+    Layer,
+    Node,
+    Param,
+    Shape,
+    boolean,
+    conv_padding,
+    nonneg_pair,
+    pos_int,
+    pos_pair,
+    warn_dropped,
+)
+from cnncli.layers.init import init_weight, zeros
+from cnncli.layers.registry import register
+
+
+def fmt_shape(shape: Shape) -> str:
+    return "x".join(str(s) for s in shape)
+
+
+def _axes(pair: tuple[int, int]) -> list[tuple[str, int]]:
+    """('H', 'W') pairs, collapsed to one 'H=W' line when both axes agree."""
+    return [("H", 0), ("W", 1)]
+
+
+def spatial_input(layer: Layer, in_shape: Shape) -> tuple[int, int, int]:
+    if len(in_shape) != 3:
+        raise layer.error(
+            f"needs a feature map (H x W x C) but receives a vector of {in_shape[0]} units"
+        )
+    return in_shape  # type: ignore[return-value]
+
+
+class _ConvBase(Layer):
+    def _act_cfg(self):
+        return self.cfg.get("activation")
+
+    def forward_post(self, y: Any) -> tuple[Any, Any]:
+        act = self._act_cfg()
+        if act is None:
+            return y, None
+        return act_forward(act, y)
+
+    def backward_pre(self, dy: Any, act_cache: Any) -> Any:
+        act = self._act_cfg()
+        return dy if act is None else act_backward(act, dy, act_cache)
+
+
+@register
+class Conv(_ConvBase):
+    doc = "2-D convolution (cross-correlation), as im2col + matrix multiplication."
+    type = "conv"
+    params_spec = (
+        Param("filters", pos_int, doc="number of filters K (output channels)"),
+        Param("kernel", pos_pair, doc="filter size F (or [Fh, Fw])"),
+        Param("stride", pos_pair, 1, "step S between applications"),
+        Param(
+            "padding",
+            conv_padding,
+            "valid",
+            "zeros added on each side: valid = 0, same = half = (F-1)/2 (odd F), full = F-1",
+        ),
+        Param("dilation", pos_pair, 1, "spacing D between kernel taps (extent D*(F-1)+1)"),
+        Param("groups", pos_int, 1, "channel groups (groups = channels: depthwise)"),
+        Param("bias", boolean, True, "add a learned bias per filter"),
+        Param("activation", activation_param, None, "activation applied to the output"),
+    )
+
+    def __init__(self, name: str, cfg: dict[str, Any], *, line: int | None, path: str) -> None:
+        super().__init__(name, cfg, line=line, path=path)
+        self.pad = self._padding()
+
+    def _padding(self) -> tuple[int, int]:
+        p = self.padding
+        if p == "valid":
+            return (0, 0)
+        keff = [arith.effective_kernel(k, d) for k, d in zip(self.kernel, self.dilation)]
+        if p == "same":
+            if any(k % 2 == 0 for k in keff):
+                raise self.error(
+                    f"padding 'same' needs an odd kernel extent (F' = D*(F-1)+1 = "
+                    f"{fmt_shape(tuple(keff))}); give padding as an integer instead"
+                )
+            return (keff[0] - 1) // 2, (keff[1] - 1) // 2
+        if p == "full":
+            return keff[0] - 1, keff[1] - 1
+        return p
+
+    def resolve(self, in_shape: Shape, ctx: Context) -> Node:
+        h, w, c = spatial_input(self, in_shape)
+        k, g = self.filters, self.groups
+        if c % g or k % g:
+            raise self.error(f"groups={g} must divide both input channels ({c}) and filters ({k})")
+        out, lines, pending = [], [], []
+        for axis, size in (("H", h), ("W", w)):
+            i = 0 if axis == "H" else 1
+            f, s, p, d = self.kernel[i], self.stride[i], self.pad[i], self.dilation[i]
+            keff = arith.effective_kernel(f, d)
+            fs = f"{f}" if d == 1 else f"({d}*({f}-1)+1)"
+            if size + 2 * p < keff:
+                raise self.error(
+                    f"kernel {keff} is larger than the padded input {axis}: "
+                    f"{size} + 2*{p} = {size + 2 * p} < {keff}"
+                )
+            o = arith.conv_output_size(size, f, s, p, d)
+            dropped = arith.conv_dropped(size, f, s, p, d)
+            if dropped:
+                pending.append((axis, size, p, keff, s, dropped))
+            out.append(o)
+            lines.append(f"{axis}2 = floor(({size} + 2*{p} - {fs})/{s}) + 1 = {o}")
+        warn_dropped(ctx, self, pending)
+        if lines[0][3:] == lines[1][3:]:
+            lines = ["H2 = W2" + lines[0][2:]]
+        cg = c // g
+        kh, kw = self.kernel
+        params = {"weight": (k, cg, kh, kw)}
+        nparams = kh * kw * cg * k
+        pline = f"params = {kh}*{kw}*{cg}*{k}"
+        if self.bias:
+            params["bias"] = (k,)
+            nparams += k
+            pline += f" + {k}"
+        pline += f" = {nparams:,}" + (f" (D/groups = {c}/{g} = {cg})" if g > 1 else "")
+        out_shape = (out[0], out[1], k)
+        macs = out[0] * out[1] * k * kh * kw * cg
+        lines.append(pline)
+        lines.append(f"MACs = {out[0]}*{out[1]}*{k} outputs * {kh}*{kw}*{cg} = {macs:,}")
+        if self.cfg["activation"] is not None:
+            lines.append(f"activation: {describe(self.cfg['activation'])}")
+        return Node(self.path, self, in_shape, out_shape, params, macs=macs, explain=lines)
+
+    def receptive(self, rf: RF | None) -> RF | None:
+        if rf is None:
+            return None
+        keff = tuple(arith.effective_kernel(k, d) for k, d in zip(self.kernel, self.dilation))
+        return rf.then(keff, self.stride)
+
+    def init(self, node: Node, rng: Any, dtype: Any, nonlinearity: str | None = None) -> dict:
+        k, cg, kh, kw = node.params["weight"]
+        state = {
+            "weight": init_weight(
+                rng,
+                node.params["weight"],
+                cg * kh * kw,
+                k * kh * kw // self.groups,
+                nonlinearity,
+                dtype,
+            )
+        }
+        if "bias" in node.params:
+            state["bias"] = zeros(node.params["bias"], dtype)
+        return state
+
+    def forward(self, node: Node, x: Any, state: dict, ctx: Any) -> tuple[Any, Any]:
+        from cnncli.ops import conv
+
+        z, cache = conv.conv2d_forward(
+            x, state["weight"], state.get("bias"), self.stride, self.pad, self.dilation, self.groups
+        )
+        y, act_cache = self.forward_post(z)
+        return y, (cache, act_cache)
+
+    def backward(self, node: Node, dy: Any, cache: Any, state: dict, grads: dict) -> Any:
+        from cnncli.ops import conv
+
+        conv_cache, act_cache = cache
+        dz = self.backward_pre(dy, act_cache)
+        dx, dw, db = conv.conv2d_backward(dz, conv_cache)
+        grads["weight"] = dw
+        if db is not None:
+            grads["bias"] = db
+        return dx
+
+
+@register
+class Deconv(_ConvBase):
+    doc = "Transposed convolution (the adjoint of conv): upsamples by the stride."
+    type = "deconv"
+    params_spec = (
+        Param("filters", pos_int, doc="number of output channels"),
+        Param("kernel", pos_pair, doc="filter size F (or [Fh, Fw])"),
+        Param("stride", pos_pair, 1, "upsampling factor S"),
+        Param("padding", nonneg_pair, 0, "rows/columns cropped from each side of the output"),
+        Param("output_padding", nonneg_pair, 0, "extra rows/columns kept at the bottom/right"),
+        Param("dilation", pos_pair, 1, "spacing D between kernel taps"),
+        Param("groups", pos_int, 1, "channel groups"),
+        Param("bias", boolean, True, "add a learned bias per output channel"),
+        Param("activation", activation_param, None, "activation applied to the output"),
+    )
+
+    def resolve(self, in_shape: Shape, ctx: Context) -> Node:
+        h, w, c = spatial_input(self, in_shape)
+        k, g = self.filters, self.groups
+        if c % g or k % g:
+            raise self.error(f"groups={g} must divide both input channels ({c}) and filters ({k})")
+        out, lines = [], []
+        for i, (axis, size) in enumerate((("H", h), ("W", w))):
+            f, s, p = self.kernel[i], self.stride[i], self.padding[i]
+            op, d = self.output_padding[i], self.dilation[i]
+            if op >= s and op >= d:
+                raise self.error(
+                    f"output_padding {op} must be smaller than the stride ({s}) or the dilation ({d})"
+                )
+            o = arith.deconv_output_size(size, f, s, p, op, d)
+            if o <= 0:
+                raise self.error(
+                    f"output {axis} would be ({size}-1)*{s} - 2*{p} + {d}*({f}-1) + {op} + 1 = {o}"
+                )
+            out.append(o)
+            lines.append(f"{axis}2 = ({size}-1)*{s} - 2*{p} + {d}*({f}-1) + {op} + 1 = {o}")
+        if lines[0][3:] == lines[1][3:]:
+            lines = ["H2 = W2" + lines[0][2:]]
+        kh, kw = self.kernel
+        kg = k // g
+        params = {"weight": (c, kg, kh, kw)}
+        nparams = kh * kw * kg * c
+        pline = f"params = {kh}*{kw}*{c}*{kg}"
+        if self.bias:
+            params["bias"] = (k,)
+            nparams += k
+            pline += f" + {k}"
+        lines.append(pline + f" = {nparams:,}")
+        macs = h * w * c * kh * kw * kg
+        lines.append(f"MACs = {h}*{w}*{c} inputs * {kh}*{kw}*{kg} = {macs:,}")
+        return Node(
+            self.path, self, in_shape, (out[0], out[1], k), params, macs=macs, explain=lines
+        )
+
+    def receptive(self, rf: RF | None) -> RF | None:
+        if rf is None:
+            return None
+        # Each output sees ceil(F'/S) neighbouring inputs; outputs are S times denser.
+        span = tuple(
+            -(-arith.effective_kernel(k, d) // s)
+            for k, d, s in zip(self.kernel, self.dilation, self.stride)
+        )
+        grown = rf.then(span, (1, 1))
+        return RF(grown.size, (rf.jump[0] / self.stride[0], rf.jump[1] / self.stride[1]))
+
+    def init(self, node: Node, rng: Any, dtype: Any, nonlinearity: str | None = None) -> dict:
+        c, kg, kh, kw = node.params["weight"]
+        fan_in = c // self.groups * kh * kw
+        state = {
+            "weight": init_weight(
+                rng, node.params["weight"], fan_in, kg * kh * kw, nonlinearity, dtype
+            )
+        }
+        if "bias" in node.params:
+            state["bias"] = zeros(node.params["bias"], dtype)
+        return state
+
+    def forward(self, node: Node, x: Any, state: dict, ctx: Any) -> tuple[Any, Any]:
+        from cnncli.ops import conv
+
+        z, cache = conv.conv_transpose2d_forward(
+            x,
+            state["weight"],
+            state.get("bias"),
+            self.stride,
+            self.padding,
+            self.output_padding,
+            self.dilation,
+            self.groups,
+        )
+        y, act_cache = self.forward_post(z)
+        return y, (cache, act_cache)
+
+    def backward(self, node: Node, dy: Any, cache: Any, state: dict, grads: dict) -> Any:
+        from cnncli.ops import conv
+
+        conv_cache, act_cache = cache
+        dz = self.backward_pre(dy, act_cache)
+        dx, dw, db = conv.conv_transpose2d_backward(dz, conv_cache)
+        grads["weight"] = dw
+        if db is not None:
+            grads["bias"] = db
+        return dx

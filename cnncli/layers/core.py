@@ -1,0 +1,137 @@
+"""Flatten, dense (fully connected) and dropout layers."""
+
+from __future__ import annotations
+
+from math import prod
+from typing import Any
+
+from cnncli.layers.activation import act_backward, act_forward, activation_param, describe
+from cnncli.layers.base import RF, Context, Layer, Node, Param, Shape, boolean, fraction, pos_int
+from cnncli.layers.init import init_weight, zeros
+from cnncli.layers.registry import register
+
+
+def _fmt(shape: Shape) -> str:
+    return "x".join(str(s) for s in shape)
+
+
+@register
+class Flatten(Layer):
+    doc = "Flatten a feature map to a vector in C-major order (as torch.flatten on NCHW)."
+    type = "flatten"
+    params_spec = ()
+
+    def resolve(self, in_shape: Shape, ctx: Context) -> Node:
+        n = prod(in_shape)
+        return Node(
+            self.path,
+            self,
+            in_shape,
+            (n,),
+            explain=[f"units = {'*'.join(map(str, in_shape))} = {n:,}"],
+        )
+
+    def receptive(self, rf: RF | None) -> RF | None:
+        return None
+
+    def forward(self, node: Node, x: Any, state: dict, ctx: Any) -> tuple[Any, Any]:
+        return x.reshape(x.shape[0], -1), x.shape
+
+    def backward(self, node: Node, dy: Any, cache: Any, state: dict, grads: dict) -> Any:
+        return dy.reshape(cache)
+
+
+@register
+class Dense(Layer):
+    doc = (
+        "Fully connected layer y = x W^T + b. A feature-map input is flattened implicitly "
+        "(C-major, as torch.flatten), with a warning."
+    )
+    type = "dense"
+    params_spec = (
+        Param("units", pos_int, doc="number of outputs"),
+        Param("bias", boolean, True, "add a learned bias per output"),
+        Param("activation", activation_param, None, "activation applied to the output"),
+    )
+
+    def resolve(self, in_shape: Shape, ctx: Context) -> Node:
+        n_in = prod(in_shape)
+        lines = []
+        if len(in_shape) == 3:
+            if in_shape[:2] != (1, 1):
+                ctx.warn(
+                    self,
+                    f"input {_fmt(in_shape)} is a feature map: flattened implicitly "
+                    f"to {n_in:,} units (C-major order); add '- flatten' to say so",
+                )
+            lines.append(f"flatten {_fmt(in_shape)} -> {n_in:,}")
+        u = self.units
+        params = {"weight": (u, n_in)}
+        pline = f"params = {n_in:,}*{u:,}"
+        total = n_in * u
+        if self.bias:
+            params["bias"] = (u,)
+            total += u
+            pline += f" + {u:,}"
+        lines.append(pline + f" = {total:,}")
+        lines.append(f"MACs = {n_in:,}*{u:,} = {n_in * u:,}")
+        if self.cfg["activation"] is not None:
+            lines.append(f"activation: {describe(self.cfg['activation'])}")
+        return Node(self.path, self, in_shape, (u,), params, macs=n_in * u, explain=lines)
+
+    def receptive(self, rf: RF | None) -> RF | None:
+        return None
+
+    def init(self, node: Node, rng: Any, dtype: Any, nonlinearity: str | None = None) -> dict:
+        u, n_in = node.params["weight"]
+        state = {"weight": init_weight(rng, (u, n_in), n_in, u, nonlinearity, dtype)}
+        if "bias" in node.params:
+            state["bias"] = zeros((u,), dtype)
+        return state
+
+    def forward(self, node: Node, x: Any, state: dict, ctx: Any) -> tuple[Any, Any]:
+        x2 = x.reshape(x.shape[0], -1)
+        z = x2 @ state["weight"].T
+        if "bias" in state:
+            z += state["bias"]
+        act = self.cfg["activation"]
+        act_cache = None
+        if act is not None:
+            z, act_cache = act_forward(act, z)
+        return z, (x2, x.shape, act_cache)
+
+    def backward(self, node: Node, dy: Any, cache: Any, state: dict, grads: dict) -> Any:
+        x2, shape, act_cache = cache
+        act = self.cfg["activation"]
+        if act is not None:
+            dy = act_backward(act, dy, act_cache)
+        grads["weight"] = dy.T @ x2
+        if "bias" in state:
+            grads["bias"] = dy.sum(axis=0)
+        return (dy @ state["weight"]).reshape(shape)
+
+
+@register
+class Dropout(Layer):
+    doc = "Inverted dropout: zero a fraction `rate` of units in training, scale the rest."
+    type = "dropout"
+    params_spec = (Param("rate", fraction, 0.5, "probability of dropping a unit"),)
+
+    def resolve(self, in_shape: Shape, ctx: Context) -> Node:
+        return Node(
+            self.path,
+            self,
+            in_shape,
+            in_shape,
+            explain=[f"y = x*mask/(1-{self.rate:g}) in training, y = x at evaluation"],
+        )
+
+    def forward(self, node: Node, x: Any, state: dict, ctx: Any) -> tuple[Any, Any]:
+        from cnncli.ops import dropout
+
+        return dropout.dropout_forward(x, self.rate, ctx.rng, ctx.training)
+
+    def backward(self, node: Node, dy: Any, cache: Any, state: dict, grads: dict) -> Any:
+        from cnncli.ops import dropout
+
+        return dropout.dropout_backward(dy, cache)

@@ -1,0 +1,136 @@
+"""The shape report behind ``cnn shapes``: per-layer sizes, parameters, cost, receptive field.
+
+Everything here is computed from the resolved network without allocating a single weight,
+so even ResNet-50's report costs a few kilobytes. :func:`shape_report` returns plain data
+(the JSON the CLI prints); renderers live in the CLI.
+"""
+
+from __future__ import annotations
+
+from math import prod
+from pathlib import Path
+from typing import Any
+
+from cnncli.layers.base import Node, Shape
+from cnncli.spec import Network, Spec, load_spec, resolve
+
+BYTES_PER_VALUE = 4  # float32, the engine's default
+MAC_CONVENTION = "1 MAC = 2 FLOPs; MACs count conv, deconv and dense multiply-adds only"
+
+
+def detail(node: Node) -> str:
+    """A short human description of a layer's settings, e.g. '5x5/1, valid, tanh'."""
+    layer, cfg = node.layer, node.layer.cfg
+
+    def pair(p: tuple[int, int]) -> str:
+        return str(p[0]) if p[0] == p[1] else f"{p[0]}x{p[1]}"
+
+    parts: list[str] = []
+    t = layer.type
+    if t in ("conv", "deconv"):
+        parts.append(
+            f"{pair(cfg['kernel'])}x{pair(cfg['kernel'])}/{pair(cfg['stride'])}"
+            if cfg["kernel"][0] == cfg["kernel"][1]
+            else f"{cfg['kernel'][0]}x{cfg['kernel'][1]}/{pair(cfg['stride'])}"
+        )
+        pad = cfg["padding"]
+        parts.append(f"pad {pad if isinstance(pad, str) else pair(pad)}")
+        if cfg.get("dilation", (1, 1)) != (1, 1):
+            parts.append(f"dil {pair(cfg['dilation'])}")
+        if cfg.get("groups", 1) != 1:
+            parts.append(f"groups {cfg['groups']}")
+    elif t == "pool":
+        s = cfg["size"]
+        parts.append(f"{cfg['type']} {s[0]}x{s[1]}/{pair(cfg['stride'])}")
+        if cfg["padding"] != (0, 0):
+            parts.append(f"pad {pair(cfg['padding'])}")
+        if cfg["ceil"]:
+            parts.append("ceil")
+        if cfg["over"] == "depth":
+            parts.append("over depth")
+    elif t == "global_pool":
+        parts.append(cfg["type"])
+    elif t == "residual":
+        parts.append(f"add, scale {cfg['scale']:g}")
+    elif t == "parallel":
+        parts.append(cfg["merge"])
+    elif t == "dropout":
+        parts.append(f"rate {cfg['rate']:g}")
+    act = cfg.get("activation")
+    if act is not None and t != "residual" or t == "residual" and act is not None:
+        parts.append(act[0])
+    return ", ".join(parts)
+
+
+def _rf(node: Node) -> tuple[Any, Any]:
+    if node.rf is None:
+        return None, None
+    (rh, rw), (jh, jw) = node.rf.size, node.rf.jump
+    size = rh if rh == rw else [rh, rw]
+    jh2 = int(jh) if float(jh).is_integer() else jh
+    jw2 = int(jw) if float(jw).is_integer() else jw
+    jump = jh2 if jh2 == jw2 else [jh2, jw2]
+    return size, jump
+
+
+def layer_row(node: Node) -> dict[str, Any]:
+    weights = sum(prod(s) for k, s in node.params.items() if k != "bias")
+    biases = sum(prod(s) for k, s in node.params.items() if k == "bias")
+    rf, jump = _rf(node)
+    return {
+        "name": node.path,
+        "type": node.type,
+        "detail": detail(node),
+        "depth": node.path.count("."),
+        "input": list(node.in_shape),
+        "output": list(node.out_shape),
+        "params": weights + biases,
+        "weights": weights,
+        "biases": biases,
+        "non_trainable": sum(prod(s) for s in node.buffers.values()),
+        "macs": node.macs,
+        "receptive_field": rf,
+        "jump": jump,
+        "activation_values": prod(node.out_shape),
+        "explain": list(node.explain),
+        "line": node.layer.line,
+    }
+
+
+def shape_report(network: Network, batch: int = 1) -> dict[str, Any]:
+    """The whole report as JSON-ready data (see README for the fields)."""
+    rows = [layer_row(n) for n in network.rows()]
+    trainable = sum(r["params"] for r in rows)
+    non_trainable = sum(r["non_trainable"] for r in rows)
+    macs = sum(r["macs"] for r in rows)
+    act_values = sum(r["activation_values"] for r in rows)
+    return {
+        "name": network.spec.name,
+        "file": network.spec.file,
+        "input": list(network.input),
+        "output": list(network.output),
+        "layers": rows,
+        "totals": {
+            "params": trainable + non_trainable,
+            "trainable_params": trainable,
+            "non_trainable_params": non_trainable,
+            "macs": macs,
+            "flops": 2 * macs,
+            "param_bytes": (trainable + non_trainable) * BYTES_PER_VALUE,
+            "activation_bytes_per_image": act_values * BYTES_PER_VALUE,
+            "input_bytes_per_image": prod(network.input) * BYTES_PER_VALUE,
+            "batch": batch,
+            "activation_bytes_batch": act_values * BYTES_PER_VALUE * batch,
+            "bytes_per_value": BYTES_PER_VALUE,
+            "convention": MAC_CONVENTION,
+        },
+        "warnings": list(network.warnings),
+    }
+
+
+def shapes(
+    source: str | Path | dict | Spec, input_shape: Shape | None = None, batch: int = 1
+) -> dict[str, Any]:
+    """Load (if needed), resolve and report: the one call behind ``cnn shapes``."""
+    spec = source if isinstance(source, Spec) else load_spec(source, input_shape=input_shape)
+    return shape_report(resolve(spec, input_shape), batch=batch)

@@ -1,0 +1,53 @@
+"""The spec vocabulary as data, generated from the layer registry (so it cannot go stale)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cnncli.layers.registry import layer_types
+
+
+def _default(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, list):
+        return "[]"
+    return str(v)
+
+
+def vocabulary() -> list[dict[str, Any]]:
+    out = []
+    for name, cls in layer_types().items():
+        out.append(
+            {
+                "type": name,
+                "doc": cls.doc,
+                "block": cls.is_block,
+                "params": [
+                    {
+                        "name": p.name,
+                        "accepts": p.kind,
+                        "default": "required" if p.required else _default(p.default),
+                        "doc": p.doc,
+                    }
+                    for p in cls.params_spec
+                ],
+            }
+        )
+    return out
+
+
+def vocabulary_markdown(vocab: list[dict[str, Any]]) -> str:
+    lines = []
+    for e in vocab:
+        lines += [f"### `{e['type']}`", "", e["doc"], ""]
+        if e["params"]:
+            lines += ["| parameter | accepts | default | meaning |", "| --- | --- | --- | --- |"]
+            lines += [
+                f"| `{p['name']}` | {p['accepts']} | {p['default']} | {p['doc']} |"
+                for p in e["params"]
+            ]
+            lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,104 @@
+"""Safe YAML loading that remembers where each mapping came from.
+
+``yaml.safe_load`` forgets line numbers, but every spec error must name its line. We let
+PyYAML's safe composer build the node graph (no arbitrary tags, no code) and convert it
+ourselves: mappings become :class:`YDict` with a ``line`` attribute. Aliases are expanded
+while converting, under a budget, so a "billion laughs" document fails fast instead of
+exhausting memory.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from cnncli.errors import SpecError
+
+#: Most nodes a document may expand to (aliases included). Real specs use a few thousand.
+MAX_NODES = 200_000
+
+
+class YDict(dict):
+    """A dict that knows the 1-based YAML line of the mapping (and of each key)."""
+
+    line: int | None = None
+    key_lines: dict[str, int]
+
+
+class YList(list):
+    """A list that knows the 1-based YAML line of each item."""
+
+    line: int | None = None
+    item_lines: list[int]
+
+
+def load_yaml(text: str, file: str | None = None) -> Any:
+    """Parse one YAML document with safe semantics, keeping line numbers."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise SpecError(f"YAML syntax error: {problem}", file=file, line=line) from None
+    finally:
+        loader.dispose()
+    if node is None:
+        return None
+    budget = [MAX_NODES]
+    return _convert(node, loader, budget, file)
+
+
+def _convert(node: yaml.Node, loader: yaml.SafeLoader, budget: list[int], file: str | None) -> Any:
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise SpecError(
+            f"document expands to more than {MAX_NODES:,} nodes (YAML alias bomb?)",
+            file=file,
+            line=node.start_mark.line + 1,
+        )
+    line = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        out = YDict()
+        out.line = line
+        out.key_lines = {}
+        merged: list[YDict] = []
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                value = _convert(value_node, loader, budget, file)
+                merged.extend(value if isinstance(value, list) else [value])
+                continue
+            key = _convert(key_node, loader, budget, file)
+            if not isinstance(key, (str, int, float, bool)) and key is not None:
+                raise SpecError("mapping keys must be plain scalars", file=file, line=line)
+            if key in out:
+                raise SpecError(
+                    f"duplicate key '{key}'", file=file, line=key_node.start_mark.line + 1
+                )
+            out[key] = _convert(value_node, loader, budget, file)
+            out.key_lines[str(key)] = key_node.start_mark.line + 1
+        for extra in merged:
+            if not isinstance(extra, dict):
+                raise SpecError("'<<' merge needs a mapping", file=file, line=line)
+            for k, v in extra.items():
+                out.setdefault(k, v)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        items = YList()
+        items.line = line
+        items.item_lines = []
+        for child in node.value:
+            items.append(_convert(child, loader, budget, file))
+            items.item_lines.append(child.start_mark.line + 1)
+        return items
+    try:
+        return loader.construct_object(node, deep=True)
+    except yaml.YAMLError as exc:
+        raise SpecError(f"bad YAML value: {exc}", file=file, line=line) from None
+
+
+def line_of(obj: Any) -> int | None:
+    """The YAML line of a converted mapping or list, if known."""
+    return getattr(obj, "line", None)
