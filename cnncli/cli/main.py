@@ -6,6 +6,8 @@ from cnncli.cli.app import app
 
 # One import per command module (each keeps heavy imports inside its commands).
 from cnncli.cli import shapes_cmd  # noqa: E402,F401  isort: skip
+from cnncli.cli import engine_cmd  # noqa: E402,F401  isort: skip
+from cnncli.cli import train_cmd  # noqa: E402,F401  isort: skip
 
 
 def main() -> None:

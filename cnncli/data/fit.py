@@ -117,9 +117,10 @@ def describe_sizes(sizes: Iterable[tuple[int, int]], h: int, w: int) -> str:
         if plan.kind == "same":
             return f"{H}x{W} used as is"
         if plan.kind == "pad":
+            lecun = ", as LeCun did for MNIST" if (H, W, h, w) == (28, 28, 32, 32) else ""
             return (
                 f"{H}x{W} zero-padded to {h}x{w} ({plan.top} rows on top, {plan.left} columns "
-                "on the left, centered; no resampling, as LeCun did for MNIST)"
+                f"on the left, centered; no resampling{lecun})"
             )
         return (
             f"{H}x{W} resized to {plan.size[0]}x{plan.size[1]} (bilinear, aspect kept) and "

@@ -75,6 +75,13 @@ def _labels(y: np.ndarray, where: str) -> np.ndarray:
 def read_npz(path: Path) -> Source:
     """Read an ``.npz`` dataset (see the module docstring for the rules)."""
     try:
+        with open(path, "rb"):
+            pass
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    try:
         if not zipfile.is_zipfile(path):
             raise DataError(f"{path}: not an .npz archive (not a zip file, or truncated)")
         with np.load(path, allow_pickle=False) as z:
@@ -91,8 +98,6 @@ def read_npz(path: Path) -> Source:
             class_names = z["class_names"] if "class_names" in names else None
     except DataError:
         raise
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
     except ValueError as exc:  # pickled object arrays, not an npz at all
         raise DataError(f"{path}: not a valid .npz without pickled objects ({exc})") from None
     except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:

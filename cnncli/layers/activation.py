@@ -62,6 +62,17 @@ def describe(act: Activation | None) -> str:
     return name + "".join(f"({k}={v:g})" for k, v in hp.items())
 
 
+def active(act: Activation | None, node: Any, ctx: Any) -> Activation | None:
+    """The activation to apply, or None where the engine wants logits from this node.
+
+    A network ending in softmax is trained with the fused softmax cross-entropy, so the
+    engine asks for the pre-softmax values of that last node (``ctx.logits_of``).
+    """
+    if act is not None and act[0] == "softmax" and getattr(ctx, "logits_of", None) == node.path:
+        return None
+    return act
+
+
 def act_forward(act: Activation, x: Any) -> tuple[Any, Any]:
     from cnncli.ops import activations
 
@@ -94,10 +105,15 @@ class ActivationLayer(Layer):
         return self.type, {k: float(self.cfg[k]) for k in ACTIVATIONS[self.type]}
 
     def forward(self, node: Node, x: Any, state: dict, ctx: Any) -> tuple[Any, Any]:
-        return act_forward(self.activation(), x)
+        act = active(self.activation(), node, ctx)
+        if act is None:
+            return x, (None, None)
+        y, cache = act_forward(act, x)
+        return y, (act, cache)
 
     def backward(self, node: Node, dy: Any, cache: Any, state: dict, grads: dict) -> Any:
-        return act_backward(self.activation(), dy, cache)
+        act, inner = cache
+        return dy if act is None else act_backward(act, dy, inner)
 
 
 def _fmt(shape: Shape) -> str:

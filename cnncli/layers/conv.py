@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from cnncli import arith
-from cnncli.layers.activation import act_backward, act_forward, activation_param, describe
+from cnncli.layers.activation import act_backward, act_forward, activation_param, active, describe
 from cnncli.layers.base import (
     RF,
     Context,
@@ -42,18 +42,17 @@ def spatial_input(layer: Layer, in_shape: Shape) -> tuple[int, int, int]:
 
 
 class _ConvBase(Layer):
-    def _act_cfg(self):
-        return self.cfg.get("activation")
-
-    def forward_post(self, y: Any) -> tuple[Any, Any]:
-        act = self._act_cfg()
+    def forward_post(self, node: Node, y: Any, ctx: Any) -> tuple[Any, Any]:
+        """Apply the fused activation; the cache remembers which (if any) was applied."""
+        act = active(self.cfg.get("activation"), node, ctx)
         if act is None:
-            return y, None
-        return act_forward(act, y)
+            return y, (None, None)
+        y, cache = act_forward(act, y)
+        return y, (act, cache)
 
     def backward_pre(self, dy: Any, act_cache: Any) -> Any:
-        act = self._act_cfg()
-        return dy if act is None else act_backward(act, dy, act_cache)
+        act, inner = act_cache
+        return dy if act is None else act_backward(act, dy, inner)
 
 
 @register
@@ -167,7 +166,7 @@ class Conv(_ConvBase):
         z, cache = conv.conv2d_forward(
             x, state["weight"], state.get("bias"), self.stride, self.pad, self.dilation, self.groups
         )
-        y, act_cache = self.forward_post(z)
+        y, act_cache = self.forward_post(node, z, ctx)
         return y, (cache, act_cache)
 
     def backward(self, node: Node, dy: Any, cache: Any, state: dict, grads: dict) -> Any:
@@ -272,7 +271,7 @@ class Deconv(_ConvBase):
             self.dilation,
             self.groups,
         )
-        y, act_cache = self.forward_post(z)
+        y, act_cache = self.forward_post(node, z, ctx)
         return y, (cache, act_cache)
 
     def backward(self, node: Node, dy: Any, cache: Any, state: dict, grads: dict) -> Any:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from math import prod
 from typing import Any
 
-from cnncli.layers.activation import act_backward, act_forward, activation_param, describe
+from cnncli.layers.activation import act_backward, act_forward, activation_param, active, describe
 from cnncli.layers.base import RF, Context, Layer, Node, Param, Shape, boolean, fraction, pos_int
 from cnncli.layers.init import init_weight, zeros
 from cnncli.layers.registry import register
@@ -94,15 +94,14 @@ class Dense(Layer):
         z = x2 @ state["weight"].T
         if "bias" in state:
             z += state["bias"]
-        act = self.cfg["activation"]
+        act = active(self.cfg["activation"], node, ctx)
         act_cache = None
         if act is not None:
             z, act_cache = act_forward(act, z)
-        return z, (x2, x.shape, act_cache)
+        return z, (x2, x.shape, act, act_cache)
 
     def backward(self, node: Node, dy: Any, cache: Any, state: dict, grads: dict) -> Any:
-        x2, shape, act_cache = cache
-        act = self.cfg["activation"]
+        x2, shape, act, act_cache = cache
         if act is not None:
             dy = act_backward(act, dy, act_cache)
         grads["weight"] = dy.T @ x2

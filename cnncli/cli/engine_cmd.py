@@ -1,0 +1,52 @@
+"""``cnn gradcheck``: check a network's backward pass against finite differences."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cnncli.cli.app import app
+from cnncli.cli.common import OutputFormat, handle_errors, info, stdout, write_stdout
+from cnncli.errors import ExitCode
+
+
+@app.command()
+@handle_errors
+def gradcheck(
+    spec: Annotated[Path, typer.Argument(help="Architecture YAML file.")],
+    input: Annotated[str | None, typer.Option("--input", "-i", help="Input HxWxC (small is fast).")] = None,
+    batch: Annotated[int, typer.Option(min=1, help="Random images per check.")] = 2,
+    samples: Annotated[int, typer.Option(min=1, help="Entries checked per tensor.")] = 12,
+    tol: Annotated[float, typer.Option(help="Largest acceptable relative error.")] = 1e-5,
+    seed: Annotated[int, typer.Option(help="Seed for data, weights and sampled entries.")] = 0,
+    format: Annotated[OutputFormat, typer.Option("--format", "-f")] = OutputFormat.table,
+) -> None:
+    """Backward vs centred finite differences (float64), per parameter tensor; exit 1 if above tol."""
+    import json
+
+    from cnncli.engine.gradcheck import gradcheck as run_check
+    from cnncli.engine.gradcheck import summary
+    from cnncli.spec import parse_hwc
+
+    shape = parse_hwc(input) if input else None
+    results = run_check(spec, batch=batch, samples=samples, tol=tol, seed=seed, input_shape=shape)
+    data = summary(results)
+    if format is OutputFormat.json:
+        write_stdout(json.dumps(data, indent=2))
+    else:
+        from rich.table import Table
+
+        t = Table(title=f"gradient check: {spec} (tolerance {tol:g})", title_justify="left")
+        for col, just in (("tensor", "left"), ("shape", "right"), ("checked", "right"),
+                          ("max rel error", "right"), ("", "left")):
+            t.add_column(col, justify=just)  # type: ignore[arg-type]
+        for r in results:
+            t.add_row(r.name, "x".join(map(str, r.shape)), str(r.checked),
+                      f"{r.max_rel_error:.2e}", "ok" if r.ok else "FAIL")
+        stdout.print(t)
+    if not data["ok"]:
+        bad = [r.name for r in results if not r.ok]
+        info(f"gradient check failed for {len(bad)} tensor(s): {', '.join(bad)}")
+        raise typer.Exit(int(ExitCode.FAILURE))

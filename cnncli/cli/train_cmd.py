@@ -1,0 +1,274 @@
+"""``cnn train``, ``cnn evaluate`` and ``cnn predict``."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from cnncli.cli.app import app
+from cnncli.cli.common import (
+    OutputFormat,
+    handle_errors,
+    info,
+    stderr,
+    stdout,
+    warn,
+    write_stdout,
+)
+from cnncli.errors import CnnError, ExitCode
+
+DEFAULT_DATA = Path("sample_data/mnist")
+
+
+class _Progress:
+    """Renders training events on stderr: a live bar on a terminal, plain lines otherwise."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.bar: Any = None
+        self.task: Any = None
+        self.live = stderr.is_terminal and not quiet
+        self.last_print = 0.0
+
+    def __call__(self, kind: str, data: dict[str, Any]) -> None:
+        if self.quiet:
+            return
+        getattr(self, f"on_{kind}", lambda d: None)(data)
+
+    def on_data(self, d: dict[str, Any]) -> None:
+        info(f"data: {d['train']} train, {d['val']} val, {d['test']} test images, "
+             f"{len(d['classes'])} classes")
+        info(f"input rule: {d['fit_rule']}")
+
+    def on_start(self, d: dict[str, Any]) -> None:
+        info(f"training {d['params']:,} parameters for {d['epochs']} epochs "
+             f"({d['batches']} batches each) -> {d['run_dir']}"
+             + (f", resuming after epoch {d['start_epoch']}" if d["start_epoch"] else ""))
+        if self.live:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+            )
+
+            self.bar = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(),
+                                MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
+                                TimeRemainingColumn(), console=stderr, transient=True)
+            self.bar.start()
+            self.task = self.bar.add_task("train", total=d["batches"], epoch="-", stats="")
+
+    def on_batch(self, d: dict[str, Any]) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, completed=d["batch"], epoch=d["epoch"],
+                            stats=f"loss {d['loss']:.4f} acc {d['accuracy']:.2%} "
+                                  f"{d['images_per_second']:,.0f} img/s")
+
+    def on_epoch(self, d: dict[str, Any]) -> None:
+        parts = [f"epoch {d['epoch']:>3}", f"lr {d['lr']:.4g}",
+                 f"loss {d['train_loss']:.4f}", f"acc {d['train_accuracy']:.2%}"]
+        for split in ("val", "test"):
+            if f"{split}_accuracy" in d:
+                parts.append(f"{split} loss {d[f'{split}_loss']:.4f} "
+                             f"acc {d[f'{split}_accuracy']:.2%}")
+        parts.append(f"{d['images_per_second']:,.0f} img/s")
+        if self.bar is not None:
+            self.bar.console.print(" | ".join(parts) + (" *" if d["improved"] else ""),
+                                   highlight=False)
+        else:
+            info(" | ".join(parts) + (" *" if d["improved"] else ""))
+
+    def on_early_stop(self, d: dict[str, Any]) -> None:
+        info(f"early stopping after epoch {d['epoch']}: no improvement for {d['patience']} epochs")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+
+@app.command()
+@handle_errors
+def train(
+    arch: Annotated[Path | None, typer.Option("--arch", "-a", help="Architecture YAML file.")] = None,
+    data: Annotated[Path | None, typer.Option(help="MNIST IDX folder, image folder or .npz "
+                                              "[default: sample_data/mnist].")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs [default: 20].")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Batch size [default: 64].")] = None,
+    optimizer: Annotated[str | None, typer.Option(help="sgd, adam, adamw or rmsprop [default: sgd].")] = None,
+    lr: Annotated[float | None, typer.Option(help="Learning rate [default: 0.05].")] = None,
+    momentum: Annotated[float | None, typer.Option(help="Momentum (sgd 0.9, rmsprop 0).")] = None,
+    nesterov: Annotated[bool | None, typer.Option("--nesterov/--no-nesterov", help="Nesterov momentum (sgd).")] = None,
+    weight_decay: Annotated[float | None, typer.Option("--weight-decay", help="L2 / decoupled weight decay.")] = None,
+    schedule: Annotated[str | None, typer.Option(help="constant, step, cosine or exponential.")] = None,
+    warmup: Annotated[int | None, typer.Option(help="Epochs of linear learning-rate warm-up.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for weights, shuffling, dropout, augmentation.")] = None,
+    val_split: Annotated[float | None, typer.Option("--val-split", help="Fraction of training data held out.")] = None,
+    patience: Annotated[int | None, typer.Option(help="Early stopping patience in epochs (0: off).")] = None,
+    augment: Annotated[str | None, typer.Option(help="On-the-fly augmentation: pipeline YAML, preset or ops.")] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML file of training settings.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder [default: runs/<spec>-<time>].")] = None,
+    resume: Annotated[Path | None, typer.Option(help="Continue the run in this folder (or checkpoint).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace a run already in --out.")] = False,
+    format: Annotated[OutputFormat, typer.Option("--format", "-f", help="table or json (one object on stdout).")] = OutputFormat.table,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+) -> None:
+    """Train a spec on a dataset and write a run folder (checkpoints, metrics, curves)."""
+    import json
+
+    from cnncli.spec import load_spec
+    from cnncli.train.config import TrainConfig, resolve_config
+    from cnncli.train.loop import train as run_train
+
+    flags = {"epochs": epochs, "batch_size": batch_size, "optimizer": optimizer, "lr": lr,
+             "momentum": momentum, "nesterov": nesterov, "weight_decay": weight_decay,
+             "schedule": schedule, "warmup": warmup, "seed": seed, "val_split": val_split,
+             "patience": patience, "augment": augment}
+    if resume is None:
+        if arch is None:
+            raise CnnError("give --arch SPEC.yaml (or --resume RUN)")
+        spec = load_spec(arch)
+        cfg = resolve_config(spec.training, config, flags)
+        data_path = data or DEFAULT_DATA
+        out_dir = out or Path("runs") / f"{arch.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    else:
+        given = [k for k, v in flags.items() if v is not None and k != "epochs"]
+        if given or arch or config:
+            raise CnnError("--resume continues a run with its saved settings; only --epochs "
+                           f"may be given (got {', '.join(given + (['--arch'] if arch else []))})")
+        spec, cfg, out_dir = None, TrainConfig(), Path(".")
+        data_path = data
+    progress = _Progress(quiet or format is OutputFormat.json and not stderr.is_terminal)
+    try:
+        if resume is not None and data_path is None:
+            from cnncli.checkpoint import load_checkpoint
+            from cnncli.train.loop import resolve_checkpoint
+
+            data_path = load_checkpoint(resolve_checkpoint(resume, "last"))[1].get("data")
+        result = run_train(spec, data=data_path, out=out_dir, config=cfg, resume=resume,
+                           epochs=epochs if resume is not None else None,
+                           overwrite=overwrite, on_event=progress)
+    except KeyboardInterrupt:
+        progress.close()
+        warn(f"interrupted: the last completed epoch's checkpoint is kept; continue with "
+             f"cnn train --resume {resume or out_dir}")
+        raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
+    finally:
+        progress.close()
+    summary = result.summary()
+    if format is OutputFormat.json:
+        write_stdout(json.dumps(summary))
+        return
+    test = summary["test_accuracy"]
+    stdout.print(
+        f"done: {summary['epochs']} epochs, "
+        + (f"test accuracy {test:.2%} (loss {summary['test_loss']:.4f}), " if test is not None
+           else "")
+        + f"{summary['train_images_per_second']:,.0f} training images/s\n"
+        f"checkpoint: {summary['checkpoint']}\nrun folder: {summary['run_dir']}",
+        highlight=False)
+
+
+@app.command()
+@handle_errors
+def evaluate(
+    checkpoint: Annotated[Path, typer.Argument(help="Run folder (uses its best checkpoint) or .npz.")],
+    data: Annotated[Path | None, typer.Option(help="Dataset [default: the one trained on].")] = None,
+    top_k: Annotated[int, typer.Option("--top-k", min=1, help="k for top-k accuracy.")] = 5,
+    confusion_csv: Annotated[Path | None, typer.Option(help="Write the confusion matrix as CSV.")] = None,
+    confusion_png: Annotated[Path | None, typer.Option(help="Write the confusion matrix as PNG.")] = None,
+    format: Annotated[OutputFormat, typer.Option("--format", "-f")] = OutputFormat.table,
+) -> None:
+    """Loss, accuracy, top-k, per-class precision/recall/F1 and the confusion matrix."""
+    import json
+
+    from cnncli.train.predict import evaluate_checkpoint
+
+    rep = evaluate_checkpoint(checkpoint, data, top_k=top_k)
+    classes = [r["class"] for r in rep["per_class"]]
+    if confusion_csv:
+        from cnncli.fileio import atomic_write_text
+
+        rows = ["true\\pred," + ",".join(classes)]
+        rows += [f"{c}," + ",".join(map(str, row))
+                 for c, row in zip(classes, rep["confusion_matrix"])]
+        atomic_write_text(confusion_csv, "\n".join(rows) + "\n")
+    if confusion_png:
+        from cnncli.train.plot import confusion_png as draw
+
+        draw(rep["confusion_matrix"], classes, confusion_png)
+    if format is OutputFormat.json:
+        write_stdout(json.dumps(rep))
+        return
+    if format is OutputFormat.csv:
+        lines = ["class,precision,recall,f1,support"]
+        lines += [f"{r['class']},{r['precision']:.6f},{r['recall']:.6f},{r['f1']:.6f},"
+                  f"{r['support']}" for r in rep["per_class"]]
+        write_stdout("\n".join(lines))
+        return
+    from rich.table import Table
+
+    k = rep["top_k"]
+    stdout.print(f"{rep['checkpoint']} on {rep['data']} ({rep['split']}, {rep['images']} images)"
+                 f"\nloss {rep['loss']:.4f}  accuracy {rep['accuracy']:.2%}  "
+                 f"top-{k} {rep[f'top{k}_accuracy']:.2%}  macro F1 {rep['macro_f1']:.4f}",
+                 highlight=False)
+    t = Table(title="per class", title_justify="left")
+    for col in ("class", "precision", "recall", "F1", "support"):
+        t.add_column(col, justify="left" if col == "class" else "right")
+    for r in rep["per_class"]:
+        t.add_row(r["class"], f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['f1']:.3f}",
+                  str(r["support"]))
+    stdout.print(t)
+    cm = Table(title="confusion matrix (rows: true, columns: predicted)", title_justify="left")
+    cm.add_column("")
+    for c in classes:
+        cm.add_column(c, justify="right")
+    for c, row in zip(classes, rep["confusion_matrix"]):
+        cm.add_row(c, *map(str, row))
+    stdout.print(cm)
+
+
+@app.command()
+@handle_errors
+def predict(
+    checkpoint: Annotated[Path, typer.Argument(help="Run folder or checkpoint .npz.")],
+    images: Annotated[list[str] | None, typer.Argument(help="Image files or folders; - reads paths from stdin.")] = None,
+    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Labels per image.")] = 3,
+    format: Annotated[OutputFormat, typer.Option("--format", "-f", help="table or json (JSON lines).")] = OutputFormat.table,
+) -> None:
+    """Top-k labels with probabilities for image files."""
+    import json
+
+    from cnncli.train.predict import expand_paths, predict_images
+
+    items = list(images or [])
+    if not items or items == ["-"]:
+        items = [line.strip() for line in sys.stdin if line.strip()]
+    if not items:
+        raise CnnError("no images given (pass files or folders, or paths on stdin)")
+    results = predict_images(checkpoint, expand_paths(items), top_k=top_k)
+    failed = [r for r in results if "error" in r]
+    for r in failed:
+        warn(r["error"])
+    if format is OutputFormat.json:
+        write_stdout("".join(json.dumps(r) + "\n" for r in results if "error" not in r) or "")
+    else:
+        from rich.table import Table
+
+        t = Table()
+        t.add_column("image")
+        for i in range(top_k):
+            t.add_column(f"#{i + 1}")
+        for r in results:
+            if "error" in r:
+                continue
+            t.add_row(r["path"], *[f"{p['label']} ({p['probability']:.1%})" for p in r["top"]])
+        stdout.print(t)
+    if failed:
+        raise typer.Exit(int(ExitCode.FAILURE))

@@ -1,0 +1,210 @@
+"""A model: the resolved network plus its arrays, run forward and backward.
+
+The model never re-derives a shape: it walks the same :class:`~cnncli.layers.base.Node`
+tree that ``cnn shapes`` reports, and each node's layer object does the maths. So the
+engine and the calculator cannot disagree about a layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cnncli.errors import ShapeMismatchError
+from cnncli.layers.base import Node
+from cnncli.spec import Network, Spec, load_spec, resolve
+
+_SKIP_FOR_INIT = frozenset({"batchnorm", "dropout", "pool", "flatten", "lrn", "global_pool"})
+
+
+@dataclass
+class _Run:
+    """Per-call context handed to layers: mode, random source, and how to run children."""
+
+    model: Model
+    training: bool
+    rng: np.random.Generator | None
+    logits_of: str | None = None  # path of the layer whose softmax is skipped (fused loss)
+
+    def run(self, nodes: list[Node], x: np.ndarray) -> tuple[np.ndarray, list]:
+        caches = []
+        for node in nodes:
+            x, cache = node.layer.forward(node, x, self.model.state[node.path], self)
+            caches.append(cache)
+        return x, caches
+
+    def unrun(self, nodes: list[Node], dy: np.ndarray, caches: list) -> np.ndarray:
+        grads = self.model.grads
+        for node, cache in zip(reversed(nodes), reversed(caches)):
+            state = self.model.state[node.path]
+            if node.layer.is_block:
+                dy = node.layer.backward(node, dy, cache, state, self)
+            else:
+                local: dict[str, np.ndarray] = {}
+                dy = node.layer.backward(node, dy, cache, state, local)
+                for k, g in local.items():
+                    grads[f"{node.path}.{k}"] = g
+        return dy
+
+
+class Model:
+    """Arrays for every parameter and buffer of a network, and forward/backward over them.
+
+    ``params`` and ``buffers`` map dotted names (``C1.weight``, ``layer1.0.bn1.running_mean``)
+    to arrays; ``grads`` gets the same keys as ``params`` after :meth:`backward`.
+    """
+
+    def __init__(self, network: Network, *, dtype: Any = np.float32, seed: int | None = 0,
+                 rng: np.random.Generator | None = None) -> None:
+        self.network = network
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.float32, np.float64):
+            raise ValueError(f"dtype must be float32 or float64, not {self.dtype}")
+        rng = rng if rng is not None else np.random.default_rng(seed)
+        self.state: dict[str, dict[str, np.ndarray]] = {}
+        self.params: dict[str, np.ndarray] = {}
+        self.buffers: dict[str, np.ndarray] = {}
+        self.grads: dict[str, np.ndarray] = {}
+        self._init(network.nodes, rng, None)
+        self._cache: list | None = None
+        self._run: _Run | None = None
+        self.training_rng = np.random.default_rng(rng.integers(2**63))
+        last = network.nodes[-1] if network.nodes else None
+        self.softmax_head = _softmax_head(last)
+
+    # -- construction -----------------------------------------------------------------------
+    def _init(self, nodes: list[Node], rng: np.random.Generator, after: str | None) -> None:
+        for i, node in enumerate(nodes):
+            follow = _next_activation(nodes[i + 1:]) or after
+            if node.layer.is_block:
+                act = node.layer.cfg.get("activation")
+                inner_after = act[0] if isinstance(act, tuple) else follow
+                for children in node.children.values():
+                    self._init(children, rng, inner_after)
+                self.state[node.path] = {}
+                continue
+            own = node.layer.cfg.get("activation")
+            nonlin = own[0] if isinstance(own, tuple) else follow
+            arrays = node.layer.init(node, rng, self.dtype, nonlin) if (
+                node.params or node.buffers) else {}
+            self.state[node.path] = arrays
+            for k in node.params:
+                self.params[f"{node.path}.{k}"] = arrays[k]
+            for k in node.buffers:
+                self.buffers[f"{node.path}.{k}"] = arrays[k]
+
+    # -- running ----------------------------------------------------------------------------
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """Expected per-image shape, NCHW order without N: (C, H, W)."""
+        h, w, c = self.network.input
+        return (c, h, w)
+
+    def check_input(self, x: Any) -> np.ndarray:
+        if not isinstance(x, np.ndarray):
+            raise ShapeMismatchError(f"input: expected a NumPy array, got {type(x).__name__}")
+        want = self.input_shape
+        if x.ndim != 4 or tuple(x.shape[1:]) != want:
+            raise ShapeMismatchError(
+                f"input: expected shape [N, {want[0]}, {want[1]}, {want[2]}] (N x C x H x W), "
+                f"got {list(x.shape)}")
+        if x.dtype != self.dtype:
+            if not np.issubdtype(x.dtype, np.floating):
+                raise ShapeMismatchError(f"input: expected {self.dtype} values, got {x.dtype}")
+            x = x.astype(self.dtype)
+        if not np.isfinite(x).all():
+            raise ShapeMismatchError("input: contains NaN or inf")
+        return x
+
+    def forward(self, x: np.ndarray, training: bool = False, *, logits: bool = False,
+                rng: np.random.Generator | None = None) -> np.ndarray:
+        """Run the network. ``logits=True`` skips a final softmax (for the fused loss)."""
+        x = self.check_input(x)
+        run = _Run(self, training, rng if rng is not None else self.training_rng,
+                   self.softmax_head if logits else None)
+        y, caches = run.run(self.network.nodes, x)
+        self._cache, self._run = caches, run
+        return y
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        """Gradients of sum(y * dy) (y the last forward's output) into :attr:`grads`."""
+        if self._cache is None or self._run is None:
+            raise RuntimeError("backward() needs a forward() first")
+        self.grads.clear()
+        return self._run.unrun(self.network.nodes, dy, self._cache)
+
+    def release(self) -> None:
+        """Drop the forward caches (frees activation memory after evaluation)."""
+        self._cache = self._run = None
+
+    # -- parameters by name -----------------------------------------------------------------
+    def get(self, name: str) -> np.ndarray:
+        if name in self.params:
+            return self.params[name]
+        if name in self.buffers:
+            return self.buffers[name]
+        raise KeyError(f"no parameter or buffer named {name!r}")
+
+    def set(self, name: str, value: Any) -> None:
+        """Copy ``value`` into the named array (shape must match exactly: no broadcasting)."""
+        target = self.get(name)
+        value = np.asarray(value)
+        if value.shape != target.shape:
+            layer = name.rsplit(".", 1)[0]
+            raise ShapeMismatchError(
+                f"layer '{layer}': {name} expects shape {list(target.shape)}, got {list(value.shape)}")
+        target[...] = value
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        return {**self.params, **self.buffers}
+
+    def load_state_dict(self, arrays: dict[str, np.ndarray]) -> None:
+        missing = [k for k in self.state_dict() if k not in arrays]
+        if missing:
+            raise ShapeMismatchError(f"missing arrays: {', '.join(missing[:5])}"
+                                     + (" ..." if len(missing) > 5 else ""))
+        for k in self.state_dict():
+            self.set(k, arrays[k])
+
+    @property
+    def num_params(self) -> int:
+        return int(sum(p.size for p in self.params.values()))
+
+
+def _softmax_head(node: Node | None) -> str | None:
+    """Path of the final node if it ends in softmax (skipped when computing logits)."""
+    if node is None:
+        return None
+    if node.type == "softmax":
+        return node.path
+    act = node.layer.cfg.get("activation")
+    if isinstance(act, tuple) and act[0] == "softmax":
+        return node.path
+    return None
+
+
+def _next_activation(rest: list[Node]) -> str | None:
+    """The activation that follows a layer (across batchnorm, pooling, dropout), if any."""
+    from cnncli.layers.activation import ACTIVATIONS
+
+    for node in rest:
+        if node.type in ACTIVATIONS:
+            return node.type
+        if node.type not in _SKIP_FOR_INIT:
+            return None
+    return None
+
+
+def build_model(source: str | Path | dict | Spec | Network, *, input_shape: tuple | None = None,
+                dtype: Any = np.float32, seed: int | None = 0,
+                rng: np.random.Generator | None = None) -> Model:
+    """Build a model from a spec path, YAML text, dict, :class:`Spec` or resolved network."""
+    if isinstance(source, Network):
+        network = source
+    else:
+        spec = source if isinstance(source, Spec) else load_spec(source, input_shape=input_shape)
+        network = resolve(spec, input_shape)
+    return Model(network, dtype=dtype, seed=seed, rng=rng)

@@ -1,0 +1,1 @@
+"""Training, evaluation and prediction on the NumPy engine (what ``cnn train`` runs)."""

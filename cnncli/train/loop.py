@@ -1,0 +1,348 @@
+"""The training loop behind ``cnn train``: epochs of SGD-style updates, metrics, checkpoints.
+
+Reproducibility is by construction: every random stream (weights, shuffling, dropout,
+augmentation) has its own generator derived from the seed, and their states go into each
+checkpoint. A run resumed from the checkpoint of epoch k therefore continues exactly as an
+uninterrupted run would. Ctrl-C discards the unfinished epoch (the last checkpoint is the
+resumable state) and a non-finite loss stops before the bad update reaches any checkpoint.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cnncli.errors import CnnError, DataError, ExitCode
+from cnncli.fileio import atomic_write_text
+from cnncli.train.config import TrainConfig
+
+RUN_FILES = ("config.yaml", "metrics.csv", "metrics.jsonl", "checkpoints")
+Event = Callable[[str, dict[str, Any]], None]
+
+
+class NonFiniteLoss(CnnError):
+    exit_code = ExitCode.FAILURE
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    checkpoint: Path
+    best_checkpoint: Path | None
+    history: list[dict[str, Any]]
+    test: dict[str, Any] | None
+    epochs: int
+    train_images_per_second: float
+    fit_rule: str
+    stopped_early: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        last = self.history[-1] if self.history else {}
+        return {
+            "run_dir": str(self.run_dir),
+            "checkpoint": str(self.checkpoint),
+            "best_checkpoint": str(self.best_checkpoint) if self.best_checkpoint else None,
+            "epochs": self.epochs,
+            "test_accuracy": None if self.test is None else self.test["accuracy"],
+            "test_loss": None if self.test is None else self.test["loss"],
+            "train_accuracy": last.get("train_accuracy"),
+            "train_loss": last.get("train_loss"),
+            "val_accuracy": last.get("val_accuracy"),
+            "val_loss": last.get("val_loss"),
+            "train_images_per_second": self.train_images_per_second,
+            "stopped_early": self.stopped_early,
+        }
+
+
+def loss_and_grad(kind: str, out: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """(mean loss, d loss / d out, class scores) for a batch."""
+    from cnncli.ops import losses
+
+    if kind == "mse":
+        target = np.zeros_like(out)
+        target[np.arange(len(y)), y] = 1
+        loss, dout = losses.mse(out, target)
+        return float(loss), dout, out
+    loss, dlogits, probs = losses.softmax_cross_entropy(out, y)
+    return float(loss), dlogits, probs
+
+
+def evaluate_model(model: Any, dataset: Any, loss_kind: str = "cross_entropy",
+                   batch_size: int = 1000) -> dict[str, Any]:
+    """Mean loss and scores over a dataset in evaluation mode (no dropout, running BN)."""
+    n = len(dataset)
+    total = 0.0
+    scores = None
+    for lo in range(0, n, batch_size):
+        xb, yb = dataset.x[lo:lo + batch_size], dataset.y[lo:lo + batch_size]
+        out = model.forward(xb, training=False, logits=loss_kind == "cross_entropy")
+        loss, _, s = loss_and_grad(loss_kind, out, yb)
+        total += loss * len(yb)
+        if scores is None:
+            scores = np.empty((n, s.shape[1]), dtype=s.dtype)
+        scores[lo:lo + len(yb)] = s
+    model.release()
+    pred = scores.argmax(axis=1)
+    return {"loss": total / n, "accuracy": float((pred == dataset.y).mean()), "scores": scores}
+
+
+def _check_run_dir(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise CnnError(f"{out}: exists and is not a folder")
+    if out.exists() and any((out / f).exists() for f in RUN_FILES) and not overwrite:
+        raise CnnError(f"{out}: already holds a run; pass --overwrite to replace it or "
+                       f"--resume {out} to continue it")
+
+
+def _metrics_files(run_dir: Path, history: list[dict[str, Any]]) -> None:
+    keys: list[str] = []
+    for row in history:
+        keys += [k for k in row if k not in keys]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
+    w.writeheader()
+    for row in history:
+        w.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in keys})
+    atomic_write_text(run_dir / "metrics.csv", buf.getvalue())
+    atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+
+
+def _dump_yaml(data: dict[str, Any]) -> str:
+    import yaml
+
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+@dataclass
+class _Streams:
+    shuffle: np.random.Generator
+    dropout: np.random.Generator
+    augment: np.random.Generator
+
+    def states(self) -> dict[str, Any]:
+        from cnncli.checkpoint import generator_state
+
+        return {k: generator_state(getattr(self, k)) for k in ("shuffle", "dropout", "augment")}
+
+    @classmethod
+    def restore(cls, states: dict[str, Any]) -> _Streams:
+        from cnncli.checkpoint import generator_from_state
+
+        return cls(*(generator_from_state(states[k]) for k in ("shuffle", "dropout", "augment")))
+
+
+def train(
+    spec_source: Any,
+    *,
+    data: str | Path,
+    out: str | Path,
+    config: TrainConfig,
+    resume: str | Path | None = None,
+    epochs: int | None = None,
+    overwrite: bool = False,
+    on_event: Event | None = None,
+    max_epochs_this_call: int | None = None,
+) -> TrainResult:
+    """Train a spec on a dataset, writing a run folder; return the final result.
+
+    With ``resume`` (a run folder or checkpoint) the saved spec, data normalisation and
+    settings are used and ``epochs`` may extend the run.
+
+    ``max_epochs_this_call`` stops after that many epochs (tests use it to simulate an
+    interrupted run that is later resumed).
+    """
+    from cnncli.checkpoint import load_checkpoint, save_checkpoint
+    from cnncli.data.dataset import Normalizer, batches, load_dataset, num_batches
+    from cnncli.engine.model import build_model
+    from cnncli.optim import lr_at, make_optimizer, make_schedule
+    from cnncli.spec import load_spec, parse_spec
+
+    emit = on_event or (lambda kind, data: None)
+    run_dir = Path(out)
+    ckpt_state = None
+    if resume is not None:
+        ckpt_path = resolve_checkpoint(resume, prefer="last")
+        arrays, meta = load_checkpoint(ckpt_path)
+        if meta.get("kind") != "cnncli-train":
+            raise DataError(f"{ckpt_path}: not a training checkpoint")
+        spec = parse_spec(meta["spec_text"], file=meta.get("spec_file"))
+        # The saved settings are the run's; only the number of epochs may grow on resume.
+        saved = TrainConfig(**meta["config"])
+        if epochs is not None:
+            saved.epochs = epochs
+        config = saved
+        run_dir = ckpt_path.parent.parent
+        ckpt_state = (arrays, meta)
+    else:
+        spec = spec_source if hasattr(spec_source, "layers") else load_spec(spec_source)
+        _check_run_dir(run_dir, overwrite)
+    from cnncli.spec import resolve
+
+    network = resolve(spec)
+    if len(network.output) != 1:
+        raise CnnError(f"{spec.file or spec.name}: the network's output is a "
+                       f"{'x'.join(map(str, network.output))} map; classification needs a vector "
+                       "(end with flatten/global_pool and dense)")
+    n_out = network.output[0]
+    model = build_model(network, seed=config.seed)
+    normalizer = Normalizer.from_dict(ckpt_state[1]["normalizer"]) if ckpt_state else None
+    splits = load_dataset(data, spec.input, config.val_split, config.seed,
+                          normalizer=normalizer, num_classes=n_out)
+    emit("data", {"fit_rule": splits.fit_rule, "train": len(splits.train),
+                  "val": len(splits.val) if splits.val else 0,
+                  "test": len(splits.test) if splits.test else 0, "classes": splits.classes})
+
+    optimizer = make_optimizer(config.optimizer, **config.optimizer_settings())
+    schedule = make_schedule(config.schedule, config.lr, step_size=config.step_size,
+                             gamma=config.gamma, min_lr=config.min_lr, total=config.epochs,
+                             warmup=config.warmup)
+    augment = None
+    if config.augment:
+        from cnncli.augment.batch import load_batch_pipeline
+
+        augment = load_batch_pipeline(config.augment)
+
+    history: list[dict[str, Any]] = []
+    start_epoch = 0
+    best_value: float | None = None
+    streams = _Streams(np.random.default_rng([config.seed, 2]),
+                       np.random.default_rng([config.seed, 3]),
+                       np.random.default_rng([config.seed, 4]))
+    if ckpt_state is not None:
+        arrays, meta = ckpt_state
+        model.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("model/")})
+        optimizer.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("optim/")})
+        streams = _Streams.restore(meta["rng"])
+        history = list(meta["history"])
+        start_epoch = int(meta["epoch"])
+        best_value = meta.get("best_value")
+    else:
+        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.yaml", _dump_yaml(
+            {"spec": spec.file, "data": str(data), "training": config.to_dict()}))
+        if spec.text is not None:
+            atomic_write_text(run_dir / "spec.yaml", spec.text)
+    ckpt_dir = run_dir / "checkpoints"
+    last_path, best_path = ckpt_dir / "last.npz", ckpt_dir / "best.npz"
+    monitor = "val_accuracy" if splits.val is not None else "train_loss"
+
+    def save(path: Path, epoch: int) -> None:
+        arrays = {f"model/{k}": v for k, v in model.state_dict().items()}
+        arrays |= {f"optim/{k}": v for k, v in optimizer.state_dict().items()}
+        meta = {
+            "kind": "cnncli-train", "spec_text": spec.text or _dump_yaml(dict(spec.raw)),
+            "spec_file": spec.file, "spec_name": spec.name, "input": list(spec.input),
+            "classes": splits.classes, "normalizer": splits.normalizer.to_dict(),
+            "fit_rule": splits.fit_rule, "epoch": epoch, "config": config.to_dict(),
+            "rng": streams.states(), "history": history, "best_value": best_value,
+            "monitor": monitor, "loss": config.loss, "data": str(data),
+        }
+        save_checkpoint(path, arrays, meta)
+
+    nb = num_batches(len(splits.train), config.batch_size)
+    emit("start", {"epochs": config.epochs, "start_epoch": start_epoch, "batches": nb,
+                   "params": model.num_params, "run_dir": str(run_dir), "monitor": monitor})
+    train_time = sum(h.get("epoch_train_seconds", 0.0) for h in history)
+    train_images = sum(h.get("train_images", 0) for h in history)
+    stopped_early = False
+    since_best = 0
+    epoch = start_epoch
+    model.training_rng = streams.dropout
+    stop_at = config.epochs if max_epochs_this_call is None else min(
+        config.epochs, start_epoch + max_epochs_this_call)
+    for epoch in range(start_epoch, stop_at):
+        optimizer.lr = lr_at(schedule, epoch)
+        t0 = time.perf_counter()
+        seen = correct = 0
+        loss_sum = 0.0
+        for b, (xb, yb) in enumerate(batches(splits.train, config.batch_size, streams.shuffle)):
+            if augment is not None:
+                xb = augment(xb, streams.augment)
+            out = model.forward(xb, training=True, logits=config.loss == "cross_entropy")
+            loss, dout, scores = loss_and_grad(config.loss, out, yb)
+            if not np.isfinite(loss):
+                raise NonFiniteLoss(
+                    f"loss became {loss} at epoch {epoch + 1}, batch {b + 1}: training stopped; "
+                    f"the last good checkpoint is {last_path if last_path.exists() else 'none'} "
+                    f"(hint: lower the learning rate, now {optimizer.lr:g})")
+            model.backward(dout)
+            optimizer.step(model.params, model.grads)
+            n = len(yb)
+            seen += n
+            loss_sum += loss * n
+            correct += int((scores.argmax(axis=1) == yb).sum())
+            elapsed = time.perf_counter() - t0
+            emit("batch", {"epoch": epoch + 1, "batch": b + 1, "batches": nb,
+                           "loss": loss_sum / seen, "accuracy": correct / seen,
+                           "images_per_second": seen / elapsed if elapsed > 0 else 0.0})
+        epoch_seconds = time.perf_counter() - t0
+        model.release()
+        train_time += epoch_seconds
+        train_images += seen
+        row: dict[str, Any] = {
+            "epoch": epoch + 1, "lr": optimizer.lr, "train_loss": loss_sum / seen,
+            "train_accuracy": correct / seen, "train_images": seen,
+            "epoch_train_seconds": epoch_seconds, "images_per_second": seen / epoch_seconds,
+        }
+        for name, ds in (("val", splits.val), ("test", splits.test)):
+            if ds is not None:
+                ev = evaluate_model(model, ds, config.loss, config.eval_batch_size)
+                row[f"{name}_loss"], row[f"{name}_accuracy"] = ev["loss"], ev["accuracy"]
+        history.append(row)
+        value = row[monitor]
+        improved = best_value is None or (
+            value > best_value if monitor.endswith("accuracy") else value < best_value)
+        if improved:
+            best_value = value
+            since_best = 0
+        else:
+            since_best += 1
+        save(last_path, epoch + 1)
+        if improved:
+            save(best_path, epoch + 1)
+        _metrics_files(run_dir, history)
+        try:
+            from cnncli.train.plot import learning_curves
+
+            learning_curves(history, run_dir / "curves.png")
+        except Exception:  # a plot must never cost a run  # noqa: BLE001
+            pass
+        emit("epoch", row | {"improved": improved, "best": best_value})
+        if config.patience and since_best >= config.patience:
+            stopped_early = True
+            emit("early_stop", {"epoch": epoch + 1, "patience": config.patience})
+            break
+
+    test = None
+    if splits.test is not None:
+        ev = evaluate_model(model, splits.test, config.loss, config.eval_batch_size)
+        test = {"loss": ev["loss"], "accuracy": ev["accuracy"]}
+    ips = train_images / train_time if train_time > 0 else 0.0
+    result = TrainResult(run_dir, last_path, best_path if best_path.exists() else None, history,
+                         test, len(history), ips, splits.fit_rule, stopped_early)
+    atomic_write_text(run_dir / "summary.json", json.dumps(result.summary(), indent=2) + "\n")
+    emit("end", result.summary())
+    return result
+
+
+def resolve_checkpoint(path: str | Path, prefer: str = "best") -> Path:
+    """A checkpoint file from a run folder (``checkpoints/best.npz`` or ``last.npz``) or a file."""
+    p = Path(path)
+    if p.is_dir():
+        for name in ((prefer, "last", "best") if prefer else ("best", "last")):
+            cand = p / "checkpoints" / f"{name}.npz"
+            if cand.exists():
+                return cand
+        raise DataError(f"{p}: no checkpoints/{prefer}.npz in this run folder")
+    if not p.exists():
+        raise DataError(f"{p}: no such run folder or checkpoint")
+    return p

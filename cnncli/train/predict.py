@@ -1,0 +1,110 @@
+"""Evaluation of a saved checkpoint and prediction on image files."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cnncli.errors import DataError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm",
+                  ".ppm"}
+
+
+def load_trained(checkpoint: str | Path) -> tuple[Any, dict[str, Any], Path]:
+    """(model, meta, path) from a run folder (its best checkpoint) or a checkpoint file."""
+    from cnncli.checkpoint import load_checkpoint
+    from cnncli.engine.model import build_model
+    from cnncli.errors import ShapeMismatchError
+    from cnncli.spec import parse_spec
+    from cnncli.train.loop import resolve_checkpoint
+
+    path = resolve_checkpoint(checkpoint, prefer="best")
+    arrays, meta = load_checkpoint(path)
+    if meta.get("kind") != "cnncli-train" or "spec_text" not in meta:
+        raise DataError(f"{path}: not a cnncli training checkpoint")
+    spec = parse_spec(meta["spec_text"], file=meta.get("spec_file") or str(path))
+    model = build_model(spec, seed=0)
+    weights = {k[6:]: v for k, v in arrays.items() if k.startswith("model/")}
+    try:
+        model.load_state_dict(weights)
+    except ShapeMismatchError as exc:
+        raise DataError(f"{path}: checkpoint does not match its spec ({exc})") from None
+    return model, meta, path
+
+
+def evaluate_checkpoint(checkpoint: str | Path, data: str | Path | None = None,
+                        top_k: int = 5, batch_size: int = 1000) -> dict[str, Any]:
+    """Loss, accuracy, top-k, per-class precision/recall/F1 and the confusion matrix."""
+    from cnncli.data.dataset import Normalizer, load_dataset
+    from cnncli.train.loop import evaluate_model
+    from cnncli.train.metrics import classification_report
+
+    model, meta, path = load_trained(checkpoint)
+    data_path = data or _default_data(meta)
+    splits = load_dataset(data_path, tuple(meta["input"]), 0.0, 0,
+                          normalizer=Normalizer.from_dict(meta["normalizer"]),
+                          num_classes=len(meta["classes"]))
+    ds = splits.test or splits.train
+    split = "test" if splits.test is not None else "train"
+    ev = evaluate_model(model, ds, meta.get("loss", "cross_entropy"), batch_size)
+    report = classification_report(ds.y, ev["scores"], list(meta["classes"]), top_k)
+    return {"checkpoint": str(path), "data": str(data_path), "split": split,
+            "images": len(ds), "loss": ev["loss"], **report}
+
+
+def _default_data(meta: dict[str, Any]) -> str:
+    return meta.get("data") or "sample_data/mnist"
+
+
+def expand_paths(items: Iterable[str]) -> list[Path]:
+    """Files as given; folders searched recursively for images (sorted)."""
+    out: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            out += sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES
+                          and q.is_file())
+        else:
+            out.append(p)
+    return out
+
+
+def predict_images(checkpoint: str | Path, paths: list[Path], top_k: int = 3,
+                   batch_size: int = 256) -> list[dict[str, Any]]:
+    """Top-k labels with probabilities per image; unreadable files get an ``error``."""
+    from cnncli.data.dataset import Normalizer
+    from cnncli.data.folders import load_image
+    from cnncli.ops.activations import forward as act_forward
+
+    model, meta, _ = load_trained(checkpoint)
+    classes = list(meta["classes"])
+    norm = Normalizer.from_dict(meta["normalizer"])
+    h, w, c = meta["input"]
+    k = min(top_k, len(classes))
+    results: list[dict[str, Any]] = []
+    for lo in range(0, len(paths), batch_size):
+        chunk = paths[lo:lo + batch_size]
+        arrays, ok = [], []
+        for p in chunk:
+            try:
+                x, _, _ = load_image(p, h, w, c)
+                arrays.append(x)
+                ok.append(p)
+            except DataError as exc:
+                results.append({"path": str(p), "error": str(exc)})
+        if not arrays:
+            continue
+        xb = norm.apply(np.stack(arrays).astype(np.float32))
+        logits = model.forward(xb, training=False, logits=True)
+        probs, _ = act_forward("softmax", logits.astype(np.float64))
+        for p, row in zip(ok, probs):
+            top = np.argsort(-row, kind="stable")[:k]
+            results.append({"path": str(p), "top": [
+                {"label": classes[i], "probability": float(row[i])} for i in top]})
+    order = {str(p): i for i, p in enumerate(paths)}
+    results.sort(key=lambda r: order.get(r["path"], 0))
+    return results
