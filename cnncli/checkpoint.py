@@ -18,8 +18,6 @@ never half of one, and a failed save leaves the previous checkpoint untouched.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import zipfile
 import zlib
 from collections.abc import Mapping
@@ -28,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from cnncli.errors import CnnError, DataError
+from cnncli.errors import DataError
+from cnncli.fileio import atomic_write
 
 __all__ = [
     "FORMAT_VERSION",
@@ -74,33 +73,10 @@ def save_checkpoint(
     out[_META] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
     out[_FORMAT] = np.array(FORMAT_VERSION, dtype=np.int64)
 
-    folder = path.parent if str(path.parent) else Path(".")
-    tmp_name = None
-    try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-        os.chmod(tmp_name, _default_mode())  # mkstemp makes 0600; give the usual umask mode
-        with os.fdopen(fd, "wb") as f:
-            _write_npz(f, out)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-        tmp_name = None
-        _fsync_dir(folder)
-    except OSError as exc:
-        raise CnnError(f"{path}: cannot write checkpoint ({exc.strerror or exc})") from None
-    finally:
-        if tmp_name is not None:
-            try:
-                os.unlink(tmp_name)
-            except OSError:
-                pass
+    atomic_write(path, lambda f: _write_npz(f, out), what="checkpoint")
     return path
 
 
-def _default_mode() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
 
 
 def _write_npz(f: Any, arrays: Mapping[str, np.ndarray]) -> None:
@@ -111,18 +87,6 @@ def _write_npz(f: Any, arrays: Mapping[str, np.ndarray]) -> None:
                 np.lib.format.write_array(member, a, allow_pickle=False)
 
 
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename itself durable (POSIX); harmless where folders can't be opened."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def load_checkpoint(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:

@@ -5,6 +5,7 @@ A reader (or a crash) sees either the old file or the complete new one, never ha
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from collections.abc import Callable
@@ -14,8 +15,12 @@ from typing import IO, Any
 from cnncli.errors import CnnError
 
 
-def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
-    """Call ``write(f)`` on a temporary binary file, then move it over ``path``."""
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any], what: str = "file") -> Path:
+    """Call ``write(f)`` on a temporary binary file, then move it over ``path``.
+
+    An OSError (disk full, no permission) becomes a CnnError naming ``path`` and ``what``;
+    the old file, if any, is left as it was and no temporary file remains.
+    """
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
     tmp = None
@@ -28,14 +33,13 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
             os.fsync(f.fileno())
         os.replace(tmp, path)
         tmp = None
+        _fsync_dir(folder)
     except OSError as exc:
-        raise CnnError(f"{path}: cannot write ({exc.strerror or exc})") from None
+        raise CnnError(f"{path}: cannot write {what} ({exc.strerror or exc})") from None
     finally:
         if tmp is not None:
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(tmp)
-            except OSError:
-                pass
     return path
 
 
@@ -47,3 +51,17 @@ def _default_mode() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return 0o666 & ~mask
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename itself durable (POSIX); harmless where folders can't be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

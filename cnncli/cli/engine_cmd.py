@@ -50,3 +50,38 @@ def gradcheck(
         bad = [r.name for r in results if not r.ok]
         info(f"gradient check failed for {len(bad)} tensor(s): {', '.join(bad)}")
         raise typer.Exit(int(ExitCode.FAILURE))
+
+
+@app.command(name="time")
+@handle_errors
+def time_cmd(
+    spec: Annotated[Path, typer.Argument(help="Architecture YAML file.")],
+    input: Annotated[str | None, typer.Option("--input", "-i", help="Input HxWxC.")] = None,
+    batch: Annotated[int, typer.Option(min=1, help="Batch size.")] = 64,
+    iterations: Annotated[int, typer.Option(min=1, help="Timed forward+backward passes.")] = 10,
+    format: Annotated[OutputFormat, typer.Option("--format", "-f")] = OutputFormat.table,
+) -> None:
+    """Per-layer forward and backward times of a training step (like Caffe's time verb)."""
+    import json
+
+    from cnncli.engine import build_model
+    from cnncli.engine.timing import time_layers
+    from cnncli.spec import parse_hwc
+
+    model = build_model(spec, input_shape=parse_hwc(input) if input else None)
+    rep = time_layers(model, batch=batch, iterations=iterations)
+    if format is OutputFormat.json:
+        write_stdout(json.dumps(rep, indent=2))
+        return
+    from rich.table import Table
+
+    t = Table(title=f"{spec}: batch {batch}, mean of {iterations} iterations",
+              title_justify="left")
+    for col in ("layer", "type", "forward ms", "backward ms"):
+        t.add_column(col, justify="left" if col in ("layer", "type") else "right")
+    for r in rep["layers"]:
+        t.add_row("  " * r["depth"] + r["name"], r["type"], f"{r['forward_ms']:.3f}",
+                  f"{r['backward_ms']:.3f}")
+    stdout.print(t)
+    stdout.print(f"total {rep['total_ms']:.2f} ms per step, "
+                 f"{rep['images_per_second']:,.0f} images/s (forward + backward)", highlight=False)

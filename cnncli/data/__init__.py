@@ -5,8 +5,8 @@ a sentence (``fit_rule``) saying how. Pillow is imported only when image files a
 """
 
 from cnncli.data.dataset import (
-    DataSplits,
     Dataset,
+    DataSplits,
     Normalizer,
     batches,
     detect_format,

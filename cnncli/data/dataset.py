@@ -161,7 +161,7 @@ def _idx_files(folder: Path) -> dict[str, tuple[Path | None, Path | None]]:
 
 
 def detect_format(path: Path) -> str:
-    """"idx", "npz" or "folder" for what ``path`` holds; DataError if none of them."""
+    """ "idx", "npz" or "folder" for what ``path`` holds; DataError if none of them."""
     if not path.exists():
         raise DataError(f"{path}: no such file or folder")
     if path.is_file():
@@ -254,6 +254,7 @@ def load_dataset(
     named classes, an error.
     """
     path = Path(path)
+    val_split = float(val_split or 0.0)
     h, w, c = (int(v) for v in input_hwc)
     if h < 1 or w < 1 or c not in (1, 3):
         raise CnnError(f"input size must be HxWx1 or HxWx3, got {h}x{w}x{c}")
@@ -285,7 +286,8 @@ def load_dataset(
         k = num_classes if num_classes is not None else int(train_raw.y.max()) + 1
         classes = [str(i) for i in range(k)]
     for name, s in src.splits.items():
-        _check_split(name, s, len(classes))
+        if name != "train":
+            _check_split(name, s, len(classes))
 
     # fit sizes and channels (image folders did it per image while reading)
     notes = [src.note]
@@ -314,8 +316,8 @@ def load_dataset(
         val = Dataset(x_tr[vi], y_tr[vi], classes)
         x_tr, y_tr = x_tr[keep], y_tr[keep]
         notes.append(
-            f"validation: {vi.size} training images ({val_split:g}, stratified by class, "
-            f"seed {seed})"
+            f"validation: {vi.size} images held out of the training split (fraction "
+            f"{val_split:g}, stratified by class, seed {seed})"
         )
     train = Dataset(np.ascontiguousarray(x_tr), y_tr, classes)
     test = Dataset(fitted["test"], src.splits["test"].y, classes) if "test" in fitted else None

@@ -68,7 +68,7 @@ def _resize_plane(plane: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Bilinear, antialiased resize of one float32 plane with Pillow's mode "F"."""
     from PIL import Image
 
-    img = Image.fromarray(np.ascontiguousarray(plane, dtype=np.float32), mode="F")
+    img = Image.fromarray(np.ascontiguousarray(plane, dtype=np.float32))  # 2-D float32: "F"
     return np.asarray(img.resize((size[1], size[0]), Image.Resampling.BILINEAR))
 
 

@@ -93,8 +93,10 @@ def load_image(path: Path, h: int, w: int, c: int) -> tuple[np.ndarray, tuple[in
                 im = im.resize((nw, nh), Image.Resampling.BILINEAR)
                 im = im.crop((plan.left, plan.top, plan.left + w, plan.top + h))
             arr, c0 = _to_array(im)
-    except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
-        raise DataError(f"{path}: not a readable image ({exc})") from None
+    except UnidentifiedImageError:
+        raise DataError(f"{path}: not a readable image (unknown or broken format)") from None
+    except Image.DecompressionBombError as exc:
+        raise DataError(f"{path}: image too large to decode safely ({exc})") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"{path}: cannot decode image ({exc})") from None
     x = fit_array(to_channels(arr[None], c), h, w)[0]

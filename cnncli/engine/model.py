@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from time import perf_counter
 from typing import Any
 
 import numpy as np
@@ -31,15 +32,22 @@ class _Run:
 
     def run(self, nodes: list[Node], x: np.ndarray) -> tuple[np.ndarray, list]:
         caches = []
+        trace, timer = self.model.trace, self.model.timer
         for node in nodes:
+            t0 = perf_counter() if timer is not None else 0.0
             x, cache = node.layer.forward(node, x, self.model.state[node.path], self)
             caches.append(cache)
+            if timer is not None:
+                timer.setdefault(node.path, [0.0, 0.0])[0] += perf_counter() - t0
+            if trace is not None:
+                trace[node.path] = tuple(x.shape)
         return x, caches
 
     def unrun(self, nodes: list[Node], dy: np.ndarray, caches: list) -> np.ndarray:
-        grads = self.model.grads
+        grads, timer = self.model.grads, self.model.timer
         for node, cache in zip(reversed(nodes), reversed(caches)):
             state = self.model.state[node.path]
+            t0 = perf_counter() if timer is not None else 0.0
             if node.layer.is_block:
                 dy = node.layer.backward(node, dy, cache, state, self)
             else:
@@ -47,6 +55,8 @@ class _Run:
                 dy = node.layer.backward(node, dy, cache, state, local)
                 for k, g in local.items():
                     grads[f"{node.path}.{k}"] = g
+            if timer is not None:
+                timer.setdefault(node.path, [0.0, 0.0])[1] += perf_counter() - t0
         return dy
 
 
@@ -70,6 +80,10 @@ class Model:
         self.grads: dict[str, np.ndarray] = {}
         self._init(network.nodes, rng, None)
         self._cache: list | None = None
+        #: Set to a dict to record every node's output shape (N, ...) on the next forward.
+        self.trace: dict[str, tuple[int, ...]] | None = None
+        #: Set to a dict to accumulate [forward, backward] seconds per node (``cnn time``).
+        self.timer: dict[str, list[float]] | None = None
         self._run: _Run | None = None
         self.training_rng = np.random.default_rng(rng.integers(2**63))
         last = network.nodes[-1] if network.nodes else None

@@ -76,6 +76,21 @@ def loss_and_grad(kind: str, out: np.ndarray, y: np.ndarray) -> tuple[float, np.
     return float(loss), dlogits, probs
 
 
+def train_step(model: Any, optimizer: Any, xb: np.ndarray, yb: np.ndarray,
+               loss_kind: str = "cross_entropy") -> tuple[float, np.ndarray]:
+    """One update: forward in training mode, loss, backward, optimizer step.
+
+    Returns (loss, class scores). A non-finite loss returns before anything is updated.
+    """
+    out = model.forward(xb, training=True, logits=loss_kind == "cross_entropy")
+    loss, dout, scores = loss_and_grad(loss_kind, out, yb)
+    if not np.isfinite(loss):
+        return loss, scores
+    model.backward(dout)
+    optimizer.step(model.params, model.grads)
+    return loss, scores
+
+
 def evaluate_model(model: Any, dataset: Any, loss_kind: str = "cross_entropy",
                    batch_size: int = 1000) -> dict[str, Any]:
     """Mean loss and scores over a dataset in evaluation mode (no dropout, running BN)."""
@@ -267,15 +282,12 @@ def train(
         for b, (xb, yb) in enumerate(batches(splits.train, config.batch_size, streams.shuffle)):
             if augment is not None:
                 xb = augment(xb, streams.augment)
-            out = model.forward(xb, training=True, logits=config.loss == "cross_entropy")
-            loss, dout, scores = loss_and_grad(config.loss, out, yb)
+            loss, scores = train_step(model, optimizer, xb, yb, config.loss)
             if not np.isfinite(loss):
                 raise NonFiniteLoss(
                     f"loss became {loss} at epoch {epoch + 1}, batch {b + 1}: training stopped; "
                     f"the last good checkpoint is {last_path if last_path.exists() else 'none'} "
                     f"(hint: lower the learning rate, now {optimizer.lr:g})")
-            model.backward(dout)
-            optimizer.step(model.params, model.grads)
             n = len(yb)
             seen += n
             loss_sum += loss * n
