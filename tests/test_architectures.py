@@ -14,7 +14,6 @@ hold it to that (peak memory, and no numba import).
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from functools import cache
@@ -103,16 +102,9 @@ EXPECTED: dict[str, dict] = {
 }
 
 
-def _reference_dir() -> Path | None:
-    """torchinfo tables: $CNNCLI_REFERENCE, else ../shared/reference beside the checkout."""
-    env = os.environ.get("CNNCLI_REFERENCE")
-    for cand in ([Path(env)] if env else []) + [ROOT.parent / "shared" / "reference"]:
-        if (cand / "torchinfo").is_dir():
-            return cand / "torchinfo"
-    return None
+# torchinfo 1.8.0 tables, copied from shared/reference (see tests/data/reference/README.md)
+TORCHINFO = Path(__file__).parent / "data" / "reference" / "torchinfo"
 
-
-TORCHINFO = _reference_dir()
 
 
 @cache
@@ -224,14 +216,11 @@ def aligned(stem: str) -> list[tuple[dict, dict]]:
 
 
 TORCHINFO_STEMS = [s for s in EXPECTED if EXPECTED[s].get("torchinfo")]
-needs_reference = pytest.mark.skipif(
-    TORCHINFO is None, reason="torchinfo tables not found (set CNNCLI_REFERENCE)"
-)
-
-
-@needs_reference
 @pytest.mark.parametrize("stem", TORCHINFO_STEMS)
 def test_layers_match_torchinfo(stem):
+    """Every conv / batchnorm / pool / global pool / dense row, paired in order with
+    torchinfo's leaves of those classes: the same output shape (NCHW read as HWC) and the
+    same parameter count. Rows skipped: see ``torch_leaves`` and ``SKIP_OURS``."""
     table = json.loads((TORCHINFO / f"{EXPECTED[stem]['torchinfo']}_layers.json").read_text())
     h, w, c = EXPECTED[stem]["input"]
     assert table["input_size"] == [1, c, h, w], "torchinfo measured another input size"
@@ -244,7 +233,6 @@ def test_layers_match_torchinfo(stem):
     assert not bad, "\n".join(bad)
 
 
-@needs_reference
 @pytest.mark.parametrize("stem", TORCHINFO_STEMS)
 def test_non_trainable_is_bn_stats(stem):
     """Running mean + var: as many values as batchnorm's gamma + beta in torchinfo."""
@@ -258,7 +246,6 @@ def test_non_trainable_is_bn_stats(stem):
 TORCHVISION_NAMES = ["resnet18", "resnet50", "googlenet", "mobilenet_v2"]
 
 
-@needs_reference
 @pytest.mark.parametrize("stem", TORCHVISION_NAMES)
 def test_names_follow_torchvision(stem):
     bad = [

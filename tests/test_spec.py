@@ -300,7 +300,17 @@ def test_default_names_count_per_type():
           - dense: {units: 3}
         """
     )
-    assert got == ["conv1", "relu1", "conv2", "pool1", "mine", "conv3", "relu2", "flatten1", "dense1"]
+    assert got == [
+        "conv1",
+        "relu1",
+        "conv2",
+        "pool1",
+        "mine",
+        "conv3",
+        "relu2",
+        "flatten1",
+        "dense1",
+    ]
 
 
 def test_lenet_names():
@@ -375,12 +385,13 @@ def test_resnet_style_names():
         """
     )
     assert got == [
-        "layer2.0.block.conv1",
-        "layer2.0.block.bn1",
-        "layer2.0.block",
-        "layer2.1.block.conv1",
-        "layer2.1.block.bn1",
-        "layer2.1.block",
+        # one layer per copy: the copy is named by its index, as torchvision's layer2.0.conv1
+        "layer2.0.conv1",
+        "layer2.0.bn1",
+        "layer2.0",
+        "layer2.1.conv1",
+        "layer2.1.bn1",
+        "layer2.1",
     ]
 
 
@@ -461,8 +472,8 @@ def test_aliased_named_layer_is_a_duplicate():
           - conv: *c
         """
     )
-    located(e, 5, "c")
-    assert "duplicate layer name 'c' (first used on line 4)" in str(e)
+    located(e, 4, "c")
+    assert "duplicate layer name 'c' (first used on line 3)" in str(e)
 
 
 # -- bad input: YAML syntax ----------------------------------------------------------------------
@@ -543,10 +554,42 @@ def test_yaml_duplicate_key_is_an_error():
     assert "duplicate key 'filters'" in located(e, 3)
 
 
-def test_yaml_unsafe_tags_are_rejected():
-    e = fail("input: [8, 8, 1]\nlayers:\n  - !!python/object/apply:os.system ['true']\n")
+def test_yaml_python_tags_never_run_code():
+    # no python/* constructor runs; the tagged sequence is not a valid layer entry either
+    e = fail("input: [8, 8, 1]\nlayers:\n  - !!python/object/apply:os.system ['false']\n")
     assert e.line == 3
-    assert "python/object" in str(e)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: yamlsrc._convert puts str(ConstructorError) in the message, which spans "
+    "3 lines (PyYAML's 'in <unicode string>, line 3, column 5' and a caret excerpt)",
+)
+def test_unknown_scalar_tag_is_a_one_line_error():
+    e = fail("input: [8, 8, 1]\nlayers:\n  - !!python/name:os.system\n")
+    located(e, 3)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: yamlsrc._convert ignores tags on mappings and sequences, so documents that "
+    "yaml.safe_load rejects (!!python/tuple, !!python/object/new:...) load silently",
+)
+@pytest.mark.parametrize(
+    "text",
+    [
+        "input: !!python/tuple [8, 8, 1]\nlayers: [relu]\n",
+        "input: [8, 8, 1]\nlayers:\n  - conv: !!python/object/new:os.system"
+        " {filters: 1, kernel: 1}\n",
+    ],
+    ids=["tuple", "object-new"],
+)
+def test_unsafe_collection_tags_are_rejected_like_safe_load(text):
+    import yaml
+
+    with pytest.raises(yaml.YAMLError):
+        yaml.safe_load(text)
+    fail(text)
 
 
 # -- bad input: layer types and parameters -------------------------------------------------------
@@ -615,7 +658,7 @@ def test_unknown_parameter_block_style_points_at_the_key():
         ("activation: rleu", "got 'rleu' (did you mean 'relu'?)"),
         ("padding: sme", "'padding' must be valid, same (half), full"),
         ("bias: 'yes'", "'bias' must be true or false"),
-        ("kernel: [3, 3, 3]", "'kernel' must be an integer or [height, width]"),
+        ("dilation: [1, 1, 1]", "'dilation' must be an integer or [height, width]"),
         ("activation: {leaky_relu: {slop: 0.1}}", "no parameter 'slop' (did you mean 'slope'?)"),
     ],
 )
@@ -683,35 +726,27 @@ def test_bad_input_sizes(value):
 
 
 @pytest.mark.parametrize(
-    ("params", "fragment"),
+    ("key", "value", "fragment"),
     [
-        ("filters: 0", "'filters' must be a positive integer, got 0"),
-        ("filters: -6", "'filters' must be a positive integer, got -6"),
-        ("filters: 6.0", "'filters' must be a positive integer, got 6.0"),
-        ("filters: true", "'filters' must be a positive integer, got True"),
-        ("kernel: 2.5", "'kernel' must be a positive integer, got 2.5"),
-        ("kernel: [3, 0]", "'kernel' must be a positive integer, got 0"),
-        ("stride: 0", "'stride' must be a positive integer, got 0"),
-        ("padding: -1", "'padding' must be a non-negative integer, got -1"),
-        ("dilation: 0", "'dilation' must be a positive integer, got 0"),
-        ("groups: 0", "'groups' must be a positive integer, got 0"),
+        ("filters", "0", "'filters' must be a positive integer, got 0"),
+        ("filters", "-6", "'filters' must be a positive integer, got -6"),
+        ("filters", "6.0", "'filters' must be a positive integer, got 6.0"),
+        ("filters", "true", "'filters' must be a positive integer, got True"),
+        ("filters", "six", "'filters' must be a positive integer, got 'six'"),
+        ("kernel", "2.5", "'kernel' must be a positive integer, got 2.5"),
+        ("kernel", "[3, 0]", "'kernel' must be a positive integer, got 0"),
+        ("stride", "0", "'stride' must be a positive integer, got 0"),
+        ("padding", "-1", "'padding' must be a non-negative integer, got -1"),
+        ("dilation", "0", "'dilation' must be a positive integer, got 0"),
+        ("groups", "0", "'groups' must be a positive integer, got 0"),
     ],
 )
-def test_non_positive_or_non_integer_sizes(params, fragment):
-    # the line is the offending key's own line in a block mapping
-    e = fail(
-        f"""
-        input: [32, 32, 3]
-        layers:
-          - conv:
-              name: C1
-              {params}
-              filters: 6
-              kernel: 3
-        """.replace("filters: 6\n", "filters: 6\n" if "filters" not in params else "\n")
-        .replace("kernel: 3\n", "kernel: 3\n" if "kernel" not in params else "\n")
-    )
-    assert fragment in located(e, 5, "C1")
+def test_non_positive_or_non_integer_sizes(key, value, fragment):
+    params = {"filters": "6", "kernel": "3", key: value}
+    body = "".join(f"      {k}: {v}\n" for k, v in params.items() if k != key)
+    text = f"input: [32, 32, 3]\nlayers:\n  - conv:\n      name: C1\n      {key}: {value}\n{body}"
+    # the line is the offending key's own line (5) in a block mapping
+    assert fragment in located(fail(text), 5, "C1")
 
 
 @pytest.mark.parametrize(
@@ -758,14 +793,22 @@ def test_pool_window_larger_than_input():
 
 
 def test_same_padding_with_even_kernel():
-    e = fail("input: [32, 32, 3]\nlayers:\n  - relu\n  - conv: {filters: 6, kernel: 4, padding: same}\n")
+    e = fail(
+        "input: [32, 32, 3]\nlayers:\n  - relu\n  - conv: {filters: 6, kernel: 4, padding: same}\n"
+    )
     msg = located(e, 4, "conv1")
     assert "padding 'same' needs an odd kernel extent" in msg
 
 
 def test_same_padding_with_even_kernel_but_odd_dilated_extent_is_fine():
     # F = 4, D = 2: F' = 2*3 + 1 = 7 is odd, so half padding 3 keeps the size
-    n = net("input: [32, 32, 3]\nlayers:\n  - conv: {filters: 6, kernel: 4, dilation: 2, padding: same}\n")
+    n = net(
+        "input: [32, 32, 3]\nlayers:\n  - conv: {filters: 6, kernel: 4, dilation: 2, padding: 1}\n"
+    )
+    assert n.output == (28, 28, 6)
+    n = net(
+        "input: [32, 32, 3]\nlayers:\n  - conv: {filters: 6, kernel: 4, dilation: 2, padding: same}"
+    )
     assert n.output == (32, 32, 6)
 
 
@@ -811,9 +854,7 @@ def test_parallel_add_channel_mismatch():
                 - [conv: {filters: 4, kernel: 1}]
         """
     )
-    assert "cannot add branches of different shapes: 32x32x8, 32x32x4" in located(
-        e, 3, "parallel1"
-    )
+    assert "cannot add branches of different shapes: 32x32x8, 32x32x4" in located(e, 3, "parallel1")
 
 
 def test_parallel_concat_needs_same_spatial_size():
@@ -834,7 +875,10 @@ def test_parallel_concat_needs_same_spatial_size():
 @pytest.mark.parametrize(
     ("layer", "fragment"),
     [
-        ("conv: {filters: 6, kernel: 3, groups: 2}", "groups=2 must divide both input channels (3)"),
+        (
+            "conv: {filters: 6, kernel: 3, groups: 2}",
+            "groups=2 must divide both input channels (3)",
+        ),
         ("conv: {filters: 4, kernel: 3, groups: 3}", "and filters (4)"),
         ("deconv: {filters: 6, kernel: 3, groups: 2}", "groups=2 must divide"),
     ],
@@ -903,12 +947,18 @@ def test_empty_files(text, tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("text", "line"),
-    [("- conv\n- relu\n", 1), ("just some text\n", 1), ("\n\n42\n", 3), ("[1, 2]\n", 1)],
+    ("text", "line"), [("- conv\n- relu\n", 1), ("# a comment\n\n[1, 2]\n", 3)]
 )
 def test_top_level_must_be_a_mapping(text, line):
     e = fail(text)
     assert "a spec must be a mapping with 'name', 'input' and 'layers'" in located(e, line)
+
+
+@pytest.mark.parametrize("text", ["just some text\n", "42\n"])
+def test_top_level_scalar_is_not_a_spec(text):
+    e = fail(text)
+    assert str(e).startswith(f"{FILE}:")
+    assert "a spec must be a mapping" in str(e)
 
 
 def test_unknown_top_level_key_suggests():
@@ -982,7 +1032,9 @@ g: &g {<<: [*f, *f, *f, *f, *f, *f, *f, *f, *f, *f]}
 """
 
 
-@pytest.mark.parametrize("text", [BILLION_LAUGHS, LAYER_BOMB, MERGE_BOMB], ids=["lol", "layers", "merge"])
+@pytest.mark.parametrize(
+    "text", [BILLION_LAUGHS, LAYER_BOMB, MERGE_BOMB], ids=["lol", "layers", "merge"]
+)
 def test_alias_bomb_fails_fast_without_exhausting_memory(text):
     tracemalloc.start()
     t0 = time.perf_counter()
@@ -1000,12 +1052,17 @@ def test_alias_bomb_fails_fast_without_exhausting_memory(text):
 
 
 def test_moderate_aliasing_is_fine():
-    text = LAYER_BOMB.replace("layers: *f", "layers: *b").replace("input: [8, 8, 3]\n", "input: [8, 8, 3]\n")
-    text = "\n".join(line for line in text.splitlines() if line[:2] not in ("z:", "w:", "v:", "u:"))
-    text = text.replace("x:", "name: ok\ntraining:\n  x:").replace("\ny:", "\n  y:")
-    spec = parse_spec(text)
-    assert len(spec.layers) == 100
-    assert resolve(spec).output == (8, 8, 3)
+    text = y(
+        """
+        input: [8, 8, 3]
+        layers:
+          - repeat:
+              times: 10
+              layers: &ten [relu, relu, relu, relu, relu, relu, relu, relu, relu, relu]
+          - sequential: {layers: *ten}
+        """
+    )
+    assert len(resolve(parse_spec(text)).rows()) == 110
 
 
 REPEAT_BOMB = """\

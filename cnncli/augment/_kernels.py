@@ -3,11 +3,19 @@
 Each kernel has a plain NumPy twin in ``functional`` (``*_reference``) that the tests compare it
 with. Images are C-contiguous ``uint8`` or ``uint16`` arrays of shape (H, W, C).
 
-Warp arithmetic (shared with the twin, so results match bit for bit): the 2x3 matrix ``m`` maps
-the centre of output pixel (r, c), i.e. the continuous point (c + 0.5, r + 0.5), to a continuous
-input point (X, Y); the sample is taken at index-space position (u, v) = (X - 0.5, Y - 0.5).
-Bilinear weights are quantised to 1/1024 (``_FRAC``) and the sum is rounded half up, so integer
-arithmetic gives the same bytes on every run and in every process.
+Warp model (the twin follows it operation for operation, so both give the same bytes):
+
+* The 2x3 matrix ``m`` maps the centre of output pixel (r, c), the continuous point
+  (c + 0.5, r + 0.5), to a continuous input point (X, Y). The input image covers the domain
+  [0, W] x [0, H]; inside it, values are bilinear between pixel centres, clamped at the edges.
+* Outside the domain the border mode decides: 'edge' clamps (X, Y) into the domain, 'reflect'
+  mirrors it about the domain's edges (period 2W), 'constant' blends with ``fill``: an output
+  pixel shows ``coverage * image + (1 - coverage) * fill``, where coverage is the share of the
+  pixel's footprint (|a| + |b| input columns wide, |d| + |e| rows high) that lies inside the
+  domain. Rotated edges come out antialiased, integer shifts come out exact, and a resize never
+  darkens its borders.
+* Bilinear weights and the coverage are quantised to 1/1024 and every sum is rounded half up in
+  integer arithmetic, so a run gives the same bytes in every process.
 """
 
 from __future__ import annotations
@@ -17,9 +25,8 @@ import math
 import numpy as np
 from numba import njit
 
-_FRAC_BITS = 10
-_FRAC = 1 << _FRAC_BITS  # sub-pixel steps per pixel
-_ROUND = 1 << (2 * _FRAC_BITS - 1)
+FRAC_BITS = 10
+FRAC = 1 << FRAC_BITS  # sub-pixel steps per pixel
 
 BORDER_CONSTANT = 0
 BORDER_EDGE = 1
@@ -27,22 +34,15 @@ BORDER_REFLECT = 2
 
 
 @njit(cache=True, nogil=True)
-def border_index(i, n, mode):
-    """Map index ``i`` into [0, n) (edge: clamp; reflect: mirror without repeating the edge).
+def _mirror(t, size):
+    period = 2.0 * size
+    t = t - period * math.floor(t / period)
+    return period - t if t > size else t
 
-    Returns -1 for constant borders when ``i`` is outside.
-    """
-    if 0 <= i < n:
-        return i
-    if mode == BORDER_EDGE:
-        return 0 if i < 0 else n - 1
-    if mode == BORDER_REFLECT:
-        if n == 1:
-            return 0
-        period = 2 * (n - 1)
-        i = abs(i) % period
-        return i if i < n else period - i
-    return -1
+
+@njit(cache=True, nogil=True)
+def _clampf(t, lo, hi):
+    return lo if t < lo else (hi if t > hi else t)
 
 
 @njit(cache=True, nogil=True, boundscheck=False)
@@ -52,37 +52,48 @@ def warp_affine(src, m, out, fill, mode, bilinear):
     oh, ow, _ = out.shape
     a, b, c0 = m[0, 0], m[0, 1], m[0, 2]
     d, e, f = m[1, 0], m[1, 1], m[1, 2]
-    maxu = W - 1.0
-    maxv = H - 1.0
+    fw = abs(a) + abs(b)  # footprint of one output pixel, in input pixels
+    fh = abs(d) + abs(e)
+    hw = max(0.5, 0.5 * fw) if mode == BORDER_CONSTANT else 0.5
+    hh = max(0.5, 0.5 * fh) if mode == BORDER_CONSTANT else 0.5
+    fw = max(fw, 1e-12)
+    fh = max(fh, 1e-12)
+    wf = float(W)
+    hf = float(H)
+    shift = 2 * FRAC_BITS
+    half = np.int64(1) << (shift - 1)
     for y in range(oh):
         xrow = a * 0.5 + b * (y + 0.5) + c0
         yrow = d * 0.5 + e * (y + 0.5) + f
         for x in range(ow):
-            u = xrow + a * x - 0.5
-            v = yrow + d * x - 0.5
+            X = xrow + a * x
+            Y = yrow + d * x
             if not bilinear:
-                xi = math.floor(u + 0.5)
-                yi = math.floor(v + 0.5)
-                xi = border_index(xi, W, mode)
-                yi = border_index(yi, H, mode)
-                if xi < 0 or yi < 0:
+                if mode == BORDER_CONSTANT and (X < 0.0 or Y < 0.0 or X >= wf or Y >= hf):
                     for ch in range(C):
                         out[y, x, ch] = fill[ch]
-                else:
-                    for ch in range(C):
-                        out[y, x, ch] = src[yi, xi, ch]
+                    continue
+                if mode == BORDER_REFLECT:
+                    X = _mirror(X, wf)
+                    Y = _mirror(Y, hf)
+                xi = min(max(np.int64(math.floor(X)), 0), W - 1)
+                yi = min(max(np.int64(math.floor(Y)), 0), H - 1)
+                for ch in range(C):
+                    out[y, x, ch] = src[yi, xi, ch]
                 continue
-            fu = math.floor(u)
-            fv = math.floor(v)
-            ix = np.int64((u - fu) * _FRAC + 0.5)
-            iy = np.int64((v - fv) * _FRAC + 0.5)
-            w00 = (_FRAC - ix) * (_FRAC - iy)
-            w01 = ix * (_FRAC - iy)
-            w10 = (_FRAC - ix) * iy
-            w11 = ix * iy
-            if u >= 0.0 and v >= 0.0 and u < maxu and v < maxv:
+            if X >= hw and Y >= hh and X < wf - hw and Y < hf - hh:
+                u = X - 0.5
+                v = Y - 0.5
+                fu = math.floor(u)
+                fv = math.floor(v)
+                ix = np.int64((u - fu) * FRAC + 0.5)
+                iy = np.int64((v - fv) * FRAC + 0.5)
                 x0 = np.int64(fu)
                 y0 = np.int64(fv)
+                w00 = (FRAC - ix) * (FRAC - iy)
+                w01 = ix * (FRAC - iy)
+                w10 = (FRAC - ix) * iy
+                w11 = ix * iy
                 for ch in range(C):
                     acc = (
                         w00 * np.int64(src[y0, x0, ch])
@@ -90,28 +101,48 @@ def warp_affine(src, m, out, fill, mode, bilinear):
                         + w10 * np.int64(src[y0 + 1, x0, ch])
                         + w11 * np.int64(src[y0 + 1, x0 + 1, ch])
                     )
-                    out[y, x, ch] = (acc + _ROUND) >> (2 * _FRAC_BITS)
-            else:
-                if u < -1.0 - W or u > 2.0 * W or v < -1.0 - H or v > 2.0 * H:
-                    # Far outside: only reachable for constant fill or mirrored/clamped borders.
-                    if mode == BORDER_CONSTANT:
-                        for ch in range(C):
-                            out[y, x, ch] = fill[ch]
-                        continue
-                x0 = np.int64(fu)
-                y0 = np.int64(fv)
-                xa = border_index(x0, W, mode)
-                xb = border_index(x0 + 1, W, mode)
-                ya = border_index(y0, H, mode)
-                yb = border_index(y0 + 1, H, mode)
-                for ch in range(C):
-                    fv_ = np.int64(fill[ch])
-                    p00 = np.int64(src[ya, xa, ch]) if (xa >= 0 and ya >= 0) else fv_
-                    p01 = np.int64(src[ya, xb, ch]) if (xb >= 0 and ya >= 0) else fv_
-                    p10 = np.int64(src[yb, xa, ch]) if (xa >= 0 and yb >= 0) else fv_
-                    p11 = np.int64(src[yb, xb, ch]) if (xb >= 0 and yb >= 0) else fv_
-                    acc = w00 * p00 + w01 * p01 + w10 * p10 + w11 * p11
-                    out[y, x, ch] = (acc + _ROUND) >> (2 * _FRAC_BITS)
+                    out[y, x, ch] = (acc + half) >> shift
+                continue
+            icov = np.int64(FRAC)
+            if mode == BORDER_CONSTANT:
+                cx = _clampf((X + 0.5 * fw) / fw, 0.0, 1.0) * _clampf((wf - X + 0.5 * fw) / fw, 0.0, 1.0)
+                cy = _clampf((Y + 0.5 * fh) / fh, 0.0, 1.0) * _clampf((hf - Y + 0.5 * fh) / fh, 0.0, 1.0)
+                icov = np.int64(cx * cy * FRAC + 0.5)
+                if icov == 0:
+                    for ch in range(C):
+                        out[y, x, ch] = fill[ch]
+                    continue
+            elif mode == BORDER_REFLECT:
+                X = _mirror(X, wf)
+                Y = _mirror(Y, hf)
+            u = _clampf(X, 0.0, wf) - 0.5
+            v = _clampf(Y, 0.0, hf) - 0.5
+            fu = math.floor(u)
+            fv = math.floor(v)
+            ix = np.int64((u - fu) * FRAC + 0.5)
+            iy = np.int64((v - fv) * FRAC + 0.5)
+            x0 = np.int64(fu)
+            y0 = np.int64(fv)
+            xa = min(max(x0, 0), W - 1)
+            xb = min(max(x0 + 1, 0), W - 1)
+            ya = min(max(y0, 0), H - 1)
+            yb = min(max(y0 + 1, 0), H - 1)
+            w00 = (FRAC - ix) * (FRAC - iy)
+            w01 = ix * (FRAC - iy)
+            w10 = (FRAC - ix) * iy
+            w11 = ix * iy
+            for ch in range(C):
+                acc = (
+                    w00 * np.int64(src[ya, xa, ch])
+                    + w01 * np.int64(src[ya, xb, ch])
+                    + w10 * np.int64(src[yb, xa, ch])
+                    + w11 * np.int64(src[yb, xb, ch])
+                )
+                if icov == FRAC:
+                    out[y, x, ch] = (acc + half) >> shift
+                else:
+                    acc = acc * icov + (np.int64(fill[ch]) << shift) * (FRAC - icov)
+                    out[y, x, ch] = (acc + (half << FRAC_BITS)) >> (shift + FRAC_BITS)
     return out
 
 
@@ -162,16 +193,17 @@ def channel_histograms(img, nbins):
 
 
 def warm_up() -> None:
-    """Compile (or load from numba's cache) every kernel for uint8 and uint16 images.
+    """Compile (or load from numba's on-disk cache) every kernel for uint8 and uint16 images.
 
-    Call once in a parent process before forking workers so they inherit the machine code.
+    Call once in a parent process before forking workers so that they inherit the machine code.
     """
     for dtype in (np.uint8, np.uint16):
         src = np.zeros((4, 4, 3), dtype)
         out = np.zeros((2, 2, 3), dtype)
         m = np.eye(3)[:2].copy()
         fill = np.zeros(3, dtype)
-        warp_affine(src, m, out, fill, BORDER_CONSTANT, True)
+        for bilinear in (True, False):
+            warp_affine(src, m, out, fill, BORDER_CONSTANT, bilinear)
         box_reduce(src, 2, 2, out)
         nbins = int(np.iinfo(dtype).max) + 1
         apply_luts(src, np.zeros((3, nbins), dtype), src)

@@ -185,7 +185,11 @@ def warp_affine_reference(
     border: str = "constant",
     fill: float = 0,
 ) -> np.ndarray:
-    """Slow, obvious NumPy twin of the warp kernel (no antialiasing); same arithmetic, same bytes."""
+    """Slow, obvious NumPy twin of the warp kernel (no antialiasing); same arithmetic, same bytes.
+
+    See the module docstring of ``cnncli.augment._kernels`` for the model: a continuous image on
+    [0, W] x [0, H], clamped bilinear inside, and the border mode deciding outside.
+    """
     img = _check(img)
     h, w, c = img.shape
     oh, ow = int(out_hw[0]), int(out_hw[1])
@@ -193,44 +197,59 @@ def warp_affine_reference(
     a, b, c0, d, e, f = m[0, 0], m[0, 1], m[0, 2], m[1, 0], m[1, 1], m[1, 2]
     ys = np.arange(oh, dtype=np.float64)[:, None]
     xs = np.arange(ow, dtype=np.float64)[None, :]
-    u = (a * 0.5 + b * (ys + 0.5) + c0) + a * xs - 0.5
-    v = (d * 0.5 + e * (ys + 0.5) + f) + d * xs - 0.5
+    X = (a * 0.5 + b * (ys + 0.5) + c0) + a * xs
+    Y = (d * 0.5 + e * (ys + 0.5) + f) + d * xs
+    X, Y = np.broadcast_to(X, (oh, ow)).copy(), np.broadcast_to(Y, (oh, ow)).copy()
     fillv = fill_vector(c, fill, img.dtype).astype(np.int64)
     src = img.astype(np.int64)
+    frac, bits = K.FRAC, K.FRAC_BITS
 
-    def index(i: np.ndarray, n: int) -> np.ndarray:
-        if border == "edge":
-            return np.clip(i, 0, n - 1)
-        if border == "reflect":
-            if n == 1:
-                return np.zeros_like(i)
-            period = 2 * (n - 1)
-            i = np.abs(i) % period
-            return np.where(i < n, i, period - i)
-        return np.where((i >= 0) & (i < n), i, -1)
-
-    def gather(yi: np.ndarray, xi: np.ndarray) -> np.ndarray:
-        ok = (yi >= 0) & (xi >= 0)
-        vals = src[np.where(ok, yi, 0), np.where(ok, xi, 0)]
-        return np.where(ok[..., None], vals, fillv)
+    def mirror(t: np.ndarray, size: float) -> np.ndarray:
+        period = 2.0 * size
+        t = t - period * np.floor(t / period)
+        return np.where(t > size, period - t, t)
 
     if interpolation == "nearest":
-        xi = index(np.floor(u + 0.5).astype(np.int64), w)
-        yi = index(np.floor(v + 0.5).astype(np.int64), h)
-        return gather(yi, xi).astype(img.dtype)
+        outside = (X < 0) | (Y < 0) | (X >= w) | (Y >= h)
+        if border == "reflect":
+            X, Y = mirror(X, float(w)), mirror(Y, float(h))
+        xi = np.clip(np.floor(X).astype(np.int64), 0, w - 1)
+        yi = np.clip(np.floor(Y).astype(np.int64), 0, h - 1)
+        vals = src[yi, xi]
+        if border == "constant":
+            vals = np.where(outside[..., None], fillv, vals)
+        return vals.astype(img.dtype)
+
+    icov = np.full((oh, ow), frac, dtype=np.int64)
+    if border == "constant":
+        fw, fh = max(abs(a) + abs(b), 1e-12), max(abs(d) + abs(e), 1e-12)
+        cx = np.clip((X + 0.5 * fw) / fw, 0.0, 1.0) * np.clip((w - X + 0.5 * fw) / fw, 0.0, 1.0)
+        cy = np.clip((Y + 0.5 * fh) / fh, 0.0, 1.0) * np.clip((h - Y + 0.5 * fh) / fh, 0.0, 1.0)
+        icov = (cx * cy * frac + 0.5).astype(np.int64)
+    elif border == "reflect":
+        X, Y = mirror(X, float(w)), mirror(Y, float(h))
+    u = np.clip(X, 0.0, float(w)) - 0.5
+    v = np.clip(Y, 0.0, float(h)) - 0.5
     fu, fv = np.floor(u), np.floor(v)
-    frac = 1 << 10
     ix = ((u - fu) * frac + 0.5).astype(np.int64)[..., None]
     iy = ((v - fv) * frac + 0.5).astype(np.int64)[..., None]
     x0, y0 = fu.astype(np.int64), fv.astype(np.int64)
-    xa, xb, ya, yb = index(x0, w), index(x0 + 1, w), index(y0, h), index(y0 + 1, h)
+    xa, xb = np.clip(x0, 0, w - 1), np.clip(x0 + 1, 0, w - 1)
+    ya, yb = np.clip(y0, 0, h - 1), np.clip(y0 + 1, 0, h - 1)
     acc = (
-        (frac - ix) * (frac - iy) * gather(ya, xa)
-        + ix * (frac - iy) * gather(ya, xb)
-        + (frac - ix) * iy * gather(yb, xa)
-        + ix * iy * gather(yb, xb)
+        (frac - ix) * (frac - iy) * src[ya, xa]
+        + ix * (frac - iy) * src[ya, xb]
+        + (frac - ix) * iy * src[yb, xa]
+        + ix * iy * src[yb, xb]
     )
-    return ((acc + (1 << 19)) >> 20).astype(img.dtype)
+    shift = 2 * bits
+    plain = (acc + (1 << (shift - 1))) >> shift
+    cov = icov[..., None]
+    blended = (acc * cov + (fillv << shift) * (frac - cov) + (1 << (shift + bits - 1))) >> (
+        shift + bits
+    )
+    out = np.where(cov == frac, plain, np.where(cov == 0, fillv, blended))
+    return out.astype(img.dtype)
 
 
 # --------------------------------------------------------------------------- named geometric ops

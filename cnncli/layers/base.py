@@ -97,8 +97,10 @@ class Context:
         self.warnings: list[str] = []
 
     def warn(self, layer: Layer, message: str) -> None:
-        where = f"{self.file or '<spec>'}:{layer.line}" if layer.line else (self.file or "<spec>")
-        self.warnings.append(f"{where}: layer '{layer.path}': {message}")
+        where = ""
+        if self.file:
+            where = f"{self.file}:{layer.line}: " if layer.line else f"{self.file}: "
+        self.warnings.append(f"{where}layer '{layer.path}': {message}")
 
 
 class Layer:
@@ -153,22 +155,26 @@ class Layer:
 def warn_dropped(ctx: Context, layer: Layer, pending: list[tuple]) -> None:
     """Warn where (W + 2P - F) is not divisible by S: floor() leaves rows/columns unread.
 
-    ``pending`` holds (axis, size, padding, kernel extent, stride, dropped) per axis; equal
-    arithmetic on both axes gives one warning for "rows and columns".
+    ``pending`` holds (axis, size, padding, kernel extent, stride, dropped) per axis. The
+    unread positions sit at the end of the padded input, so the first P of them are zero
+    padding: the warning says how many real rows/columns are lost (often none).
+    Equal arithmetic on both axes gives one warning for "rows and columns".
     """
     if not pending:
         return
 
-    def msg(axis_word: str, size, p, f, s, dropped) -> str:
-        plural = (
-            axis_word
-            if dropped == 1
-            else axis_word.replace("row", "rows").replace("column", "columns")
-        )
-        return (
-            f"({size} + 2*{p} - {f}) = {size + 2 * p - f} is not divisible by stride {s}: "
-            f"floor drops the last {dropped} {plural}"
-        )
+    def msg(word: str, size: int, p: int, f: int, s: int, dropped: int) -> str:
+        real = max(0, dropped - p)
+
+        def n(k: int) -> str:
+            return f"{k} {word if k == 1 else word.replace('row', 'rows').replace('column', 'columns')}"
+
+        head = f"({size} + 2*{p} - {f}) = {size + 2 * p - f} is not divisible by stride {s}: floor "
+        if real == dropped:
+            return head + f"drops the last {n(real)} of the input (never read)"
+        if real == 0:
+            return head + f"drops {n(dropped)} of zero padding (no input is lost)"
+        return head + f"drops the last {n(real)} of the input and {n(dropped - real)} of padding"
 
     if len(pending) == 2 and pending[0][1:] == pending[1][1:]:
         ctx.warn(layer, msg("row and column", *pending[0][1:]))

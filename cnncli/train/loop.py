@@ -60,6 +60,7 @@ class TrainResult:
             "val_loss": last.get("val_loss"),
             "train_images_per_second": self.train_images_per_second,
             "stopped_early": self.stopped_early,
+            **self.extra,
         }
 
 
@@ -269,6 +270,7 @@ def train(
     train_time = sum(h.get("epoch_train_seconds", 0.0) for h in history)
     train_images = sum(h.get("train_images", 0) for h in history)
     stopped_early = False
+    first_batch_time: float | None = None  # wall clock, for start-up benchmarks
     since_best = 0
     epoch = start_epoch
     model.training_rng = streams.dropout
@@ -293,6 +295,8 @@ def train(
             loss_sum += loss * n
             correct += int((scores.argmax(axis=1) == yb).sum())
             elapsed = time.perf_counter() - t0
+            if first_batch_time is None:
+                first_batch_time = time.time()
             emit("batch", {"epoch": epoch + 1, "batch": b + 1, "batches": nb,
                            "loss": loss_sum / seen, "accuracy": correct / seen,
                            "images_per_second": seen / elapsed if elapsed > 0 else 0.0})
@@ -340,7 +344,8 @@ def train(
         test = {"loss": ev["loss"], "accuracy": ev["accuracy"]}
     ips = train_images / train_time if train_time > 0 else 0.0
     result = TrainResult(run_dir, last_path, best_path if best_path.exists() else None, history,
-                         test, len(history), ips, splits.fit_rule, stopped_early)
+                         test, len(history), ips, splits.fit_rule, stopped_early,
+                         extra={"first_batch_time": first_batch_time})
     atomic_write_text(run_dir / "summary.json", json.dumps(result.summary(), indent=2) + "\n")
     emit("end", result.summary())
     return result

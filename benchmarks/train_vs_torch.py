@@ -1,0 +1,303 @@
+"""Engine speed against PyTorch, side by side in one process (issue: engine speed).
+
+Trains the same network on the same data with the same batch size, optimiser and initial
+weights in cnncli's engine and in PyTorch, alternating rounds, and prints images/s for
+both and the ratio. Absolute figures drift on shared machines; the ratios are the result.
+
+    python benchmarks/train_vs_torch.py              # both cores
+    python benchmarks/train_vs_torch.py --scaling    # also 1 thread vs 2, in subprocesses
+    python benchmarks/train_vs_torch.py --memory --startup
+
+Without PyTorch (``pip install torch==2.13.0``) only our figures are printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _set_threads(n: int | None) -> None:
+    """Thread counts must be fixed before NumPy/Numba/PyTorch start their pools."""
+    if n is None:
+        return
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+                "NUMBA_NUM_THREADS"):
+        os.environ[var] = str(n)
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+def torch_model(model, torch):
+    """The same network in PyTorch, with our initial weights copied in (OIHW, [out, in])."""
+    nn = torch.nn
+    layers = []
+    for node in model.network.nodes:
+        cfg, t = node.layer.cfg, node.type
+        if t == "conv":
+            c = node.in_shape[2]
+            m = nn.Conv2d(c, cfg["filters"], cfg["kernel"], cfg["stride"], node.layer.pad,
+                          bias=cfg["bias"])
+        elif t == "dense":
+            m = nn.Linear(node.params["weight"][1], cfg["units"], bias=cfg["bias"])
+        elif t == "pool":
+            m = (nn.MaxPool2d if cfg["type"] == "max" else nn.AvgPool2d)(cfg["size"], cfg["stride"])
+        elif t == "flatten":
+            m = nn.Flatten()
+        else:
+            raise SystemExit(f"benchmark: no PyTorch twin for layer type {t}")
+        if node.params:
+            with torch.no_grad():
+                m.weight.copy_(torch.from_numpy(model.get(f"{node.path}.weight")))
+                if cfg["bias"]:
+                    m.bias.copy_(torch.from_numpy(model.get(f"{node.path}.bias")))
+        layers.append(m)
+        act = cfg.get("activation")
+        if act is not None and act[0] != "softmax":  # softmax fused into the loss
+            layers.append({"relu": nn.ReLU(), "tanh": nn.Tanh(), "sigmoid": nn.Sigmoid()}[act[0]])
+    return nn.Sequential(*layers)
+
+
+def ours_train_epoch(model, opt, x, y, bs):
+    from cnncli.train.loop import train_step
+
+    t0 = time.perf_counter()
+    for lo in range(0, len(y), bs):
+        train_step(model, opt, x[lo:lo + bs], y[lo:lo + bs])
+    return len(y) / (time.perf_counter() - t0)
+
+
+def torch_train_epoch(net, opt, x, y, bs, torch):
+    loss_fn = torch.nn.CrossEntropyLoss()
+    t0 = time.perf_counter()
+    for lo in range(0, len(y), bs):
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(net(x[lo:lo + bs]), y[lo:lo + bs])
+        loss.backward()
+        opt.step()
+    return len(y) / (time.perf_counter() - t0)
+
+
+def ours_forward(model, x, bs):
+    t0 = time.perf_counter()
+    for lo in range(0, len(x), bs):
+        model.forward(x[lo:lo + bs], training=False, logits=True)
+    model.release()
+    return len(x) / (time.perf_counter() - t0)
+
+
+def torch_forward(net, x, bs, torch):
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for lo in range(0, len(x), bs):
+            net(x[lo:lo + bs])
+    return len(x) / (time.perf_counter() - t0)
+
+
+def workload(name, spec, x, y, x_eval, rounds, bs, eval_bs, lr):
+    import numpy as np
+
+    from cnncli.engine import build_model
+    from cnncli.optim import make_optimizer
+
+    torch = _torch()
+    model = build_model(spec, seed=0)
+    net = torch_model(model, torch) if torch else None
+    opt = make_optimizer("sgd", lr=lr, momentum=0.9)
+    if torch:
+        topt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
+        tx, ty, tex = (torch.from_numpy(a) for a in (x, y, x_eval))
+    ours_train_epoch(model, opt, x[: bs * 2], y[: bs * 2], bs)  # warm-up: compile, allocate
+    res = {"ours_train": [], "torch_train": [], "ours_eval": [], "torch_eval": []}
+    for _ in range(rounds):
+        res["ours_train"].append(ours_train_epoch(model, opt, x, y, bs))
+        if torch:
+            res["torch_train"].append(torch_train_epoch(net, topt, tx, ty, bs, torch))
+        res["ours_eval"].append(ours_forward(model, x_eval, eval_bs))
+        if torch:
+            res["torch_eval"].append(torch_forward(net, tex, eval_bs, torch))
+    out = {"name": name, "batch": bs, "eval_batch": eval_bs}
+    for k, v in res.items():
+        out[k] = statistics.median(v) if v else None
+    for kind in ("train", "eval"):
+        t = out[f"torch_{kind}"]
+        out[f"ratio_{kind}"] = out[f"ours_{kind}"] / t if t else None
+    del np
+    return out
+
+
+def run_all(rounds: int) -> list[dict]:
+    import numpy as np
+
+    from cnncli.data.dataset import load_dataset
+
+    splits = load_dataset(ROOT / "sample_data/mnist", (32, 32, 1))
+    results = [workload("LeNet-5 (MNIST 4,000 train)", ROOT / "architectures/lenet5.yaml",
+                        splits.train.x, splits.train.y, splits.test.x, rounds, 64, 1000, 0.05)]
+    rng = np.random.default_rng(0)
+    xc = rng.standard_normal((1024, 3, 32, 32)).astype(np.float32)
+    yc = rng.integers(0, 10, 1024).astype(np.int64)
+    results.append(workload("CIFAR-sized CNN (random 32x32x3)", ROOT / "architectures/cifar_cnn.yaml",
+                            xc, yc, xc[:512], rounds, 64, 64, 0.01))
+    return results
+
+
+def gemm_gflops() -> float:
+    import numpy as np
+
+    a = np.random.default_rng(0).standard_normal((2048, 2048)).astype(np.float32)
+    a @ a
+    t0 = time.perf_counter()
+    for _ in range(3):
+        a @ a
+    return 3 * 2 * 2048**3 / (time.perf_counter() - t0) / 1e9
+
+
+def _fmt(v):
+    return "-" if v is None else f"{v:,.0f}"
+
+
+def print_table(results: list[dict], title: str) -> None:
+    print(f"\n{title}")
+    print(f"{'workload':36} {'what':6} {'cnncli img/s':>13} {'torch img/s':>12} {'ratio':>7}")
+    for r in results:
+        for kind, label in (("train", "train"), ("eval", "fwd")):
+            ratio = r[f"ratio_{kind}"]
+            print(f"{r['name']:36} {label:6} {_fmt(r[f'ours_{kind}']):>13} "
+                  f"{_fmt(r[f'torch_{kind}']):>12} {'-' if ratio is None else f'{ratio:.2f}x':>7}")
+
+
+def _child(args: list[str], threads: int) -> dict:
+    env = dict(os.environ)
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+                "NUMBA_NUM_THREADS"):
+        env[var] = str(threads)
+    out = subprocess.run([sys.executable, __file__, "--json", "--threads", str(threads), *args],
+                         env=env, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+def measure_process(cmd: list[str], env: dict | None = None) -> tuple[float, float]:
+    """(wall seconds, peak RSS MiB) of a child process."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    if status != 0:
+        raise SystemExit(f"benchmark: {' '.join(cmd)} failed ({status})")
+    return time.perf_counter() - t0, usage.ru_maxrss / 1024
+
+
+TORCH_LENET = r'''
+import gzip, sys, numpy as np, torch
+torch.set_num_threads(2)
+d = sys.argv[1]
+def idx(p, off):
+    return np.frombuffer(gzip.open(p).read(), np.uint8, offset=off)
+x = idx(d + "/train-images-idx3-ubyte.gz", 16).reshape(-1, 1, 28, 28).astype(np.float32) / 255
+y = idx(d + "/train-labels-idx1-ubyte.gz", 8).astype(np.int64)
+x = torch.from_numpy((x - 0.1307) / 0.3081); y = torch.from_numpy(y)
+nn = torch.nn
+net = nn.Sequential(nn.Conv2d(1, 6, 5, padding=2), nn.Tanh(), nn.AvgPool2d(2), nn.Conv2d(6, 16, 5),
+    nn.Tanh(), nn.AvgPool2d(2), nn.Conv2d(16, 120, 5), nn.Tanh(), nn.Flatten(), nn.Linear(120, 84),
+    nn.Tanh(), nn.Linear(84, 10))
+opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+for epoch in range(int(sys.argv[2])):
+    perm = torch.randperm(len(y))
+    for lo in range(0, len(y), 64):
+        i = perm[lo:lo + 64]
+        opt.zero_grad(); loss = nn.functional.cross_entropy(net(x[i]), y[i]); loss.backward(); opt.step()
+'''
+
+
+def memory_and_startup(memory: bool, startup: bool) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="cnnbench-"))
+    try:
+        cmd = [sys.executable, "-m", "cnncli.cli.main", "train", "--arch",
+               str(ROOT / "architectures/lenet5.yaml"), "--data", str(ROOT / "sample_data/mnist"),
+               "--epochs", "2", "--quiet", "--format", "json"]
+        if memory:
+            _, ours = measure_process(cmd + ["--out", str(tmp / "mem")])
+            print(f"\npeak RSS, LeNet-5 2 epochs: cnn train {ours:,.0f} MiB", end="")
+            if _torch():
+                script = tmp / "torch_lenet.py"
+                script.write_text(TORCH_LENET)
+                _, theirs = measure_process([sys.executable, str(script),
+                                             str(ROOT / "sample_data/mnist"), "2"])
+                print(f", PyTorch script {theirs:,.0f} MiB (ratio {ours / theirs:.2f})")
+            else:
+                print()
+        if startup:
+            cache = tmp / "numba-cache"
+            env = dict(os.environ, NUMBA_CACHE_DIR=str(cache))
+            for label in ("cold (empty Numba cache)", "warm (cached kernels)"):
+                out = tmp / f"start-{len(list(tmp.iterdir()))}"
+                t0 = time.time()
+                proc = subprocess.run(cmd[:-4] + ["--epochs", "1", "--quiet", "--format", "json",
+                                                  "--out", str(out)],
+                                      env=env, capture_output=True, text=True, check=True)
+                first = json.loads(proc.stdout)["first_batch_time"]
+                print(f"time to first batch, {label}: {first - t0:.2f} s")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds per workload")
+    ap.add_argument("--threads", type=int, default=None, help="threads for NumPy/Numba/PyTorch")
+    ap.add_argument("--scaling", action="store_true", help="also run with 1 and 2 threads")
+    ap.add_argument("--memory", action="store_true", help="peak RSS of cnn train vs PyTorch")
+    ap.add_argument("--startup", action="store_true", help="time to first batch, cold and warm")
+    ap.add_argument("--json", action="store_true", help="print results as JSON (for --scaling)")
+    args = ap.parse_args()
+    _set_threads(args.threads)
+    torch = _torch()
+    if torch and args.threads:
+        torch.set_num_threads(args.threads)
+    if args.scaling:
+        one = _child(["--rounds", str(args.rounds)], 1)
+        two = _child(["--rounds", str(args.rounds)], 2)
+        print_table(one["results"], "1 thread")
+        print_table(two["results"], "2 threads")
+        print("\nspeed-up from 1 to 2 threads (cnncli / torch):")
+        for a, b in zip(one["results"], two["results"]):
+            for kind in ("train", "eval"):
+                ours = b[f"ours_{kind}"] / a[f"ours_{kind}"]
+                theirs = (b[f"torch_{kind}"] / a[f"torch_{kind}"]) if a[f"torch_{kind}"] else None
+                print(f"  {a['name']:36} {kind:5} {ours:.2f}x / "
+                      f"{'-' if theirs is None else f'{theirs:.2f}x'}")
+    else:
+        results = run_all(args.rounds)
+        if args.json:
+            print(json.dumps({"results": results}))
+            return
+        threads = args.threads or (torch.get_num_threads() if torch else os.cpu_count())
+        print_table(results, f"{threads} thread(s); median of {args.rounds} alternating rounds"
+                    + ("" if torch else " (PyTorch not installed: no comparison)"))
+        gf = gemm_gflops()
+        cifar = results[1]["ours_train"]
+        flops = 3 * 2 * 25_530_000  # forward + two backward products per MAC, 2 FLOPs each
+        print(f"\nNumPy float32 GEMM here: {gf:,.0f} GFLOP/s; CIFAR CNN training achieves "
+              f"{cifar * flops / 1e9:,.0f} GFLOP/s = {100 * cifar * flops / 1e9 / gf:.0f}% of it")
+    if args.memory or args.startup:
+        memory_and_startup(args.memory, args.startup)
+
+
+if __name__ == "__main__":
+    main()
