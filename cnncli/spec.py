@@ -148,6 +148,10 @@ def _input(v: Any, line: int | None) -> Shape:
     return tuple(v) if len(v) == 3 else (v[0], v[1], 1)
 
 
+#: Most layers a spec may expand to (repeats included); real networks have a few hundred.
+MAX_LAYERS = 100_000
+
+
 class _Builder:
     """Turns layer entries into :class:`Layer` objects, naming and checking them."""
 
@@ -156,6 +160,7 @@ class _Builder:
 
         self.types = layer_types()
         self.paths: dict[str, int | None] = {}
+        self.count = 0
 
     def build(
         self, entries: list, scope: str, line: int | None, single_name: str | None = None
@@ -166,6 +171,10 @@ class _Builder:
         counters: dict[str, int] = {}
         out = []
         for entry, entry_line in zip(entries, item_lines):
+            self.count += 1
+            if self.count > MAX_LAYERS:
+                raise SpecError(f"spec expands to more than {MAX_LAYERS:,} layers "
+                                "(nested repeats?)", line=entry_line)
             kind, params, entry_line = self._split(entry, entry_line)
             cls = self.types[kind]
             name = params.pop("name", None)
@@ -212,8 +221,11 @@ class _Builder:
                 line=getattr(entry, "line", line),
             )
         if not isinstance(kind, str) or kind not in self.types:
+            name = params.get("name") if isinstance(params, dict) else None
             raise SpecError(
-                f"unknown layer type '{kind}'{suggest(str(kind), self.types)}", line=line
+                f"unknown layer type '{kind}'{suggest(str(kind), self.types)}",
+                line=line,
+                layer=None if name is None else str(name),
             )
         key_lines = getattr(params, "key_lines", {})
         params = dict(params)

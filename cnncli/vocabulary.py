@@ -39,15 +39,33 @@ def vocabulary() -> list[dict[str, Any]]:
     return out
 
 
+def _md(text: str) -> str:
+    """Escape what Markdown would read as table cells or HTML tags."""
+    return text.replace("|", "\\|").replace("<", "&lt;")
+
+
 def vocabulary_markdown(vocab: list[dict[str, Any]]) -> str:
     lines = []
     for e in vocab:
-        lines += [f"### `{e['type']}`", "", e["doc"], ""]
+        lines += [f"### `{e['type']}`", "", _md(e["doc"]), ""]
         if e["params"]:
             lines += ["| parameter | accepts | default | meaning |", "| --- | --- | --- | --- |"]
             lines += [
-                f"| `{p['name']}` | {p['accepts']} | {p['default']} | {p['doc']} |"
+                f"| `{p['name']}` | {_md(p['accepts'])} | {_md(p['default'])} | {_md(p['doc'])} |"
                 for p in e["params"]
             ]
             lines.append("")
     return "\n".join(lines)
+
+
+def vocabulary_csv(vocab: list[dict[str, Any]]) -> str:
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["type", "parameter", "accepts", "default", "meaning"])
+    for e in vocab:
+        for p in e["params"] or [{"name": "", "accepts": "", "default": "", "doc": ""}]:
+            w.writerow([e["type"], p["name"], p["accepts"], p["default"], p["doc"]])
+    return buf.getvalue()

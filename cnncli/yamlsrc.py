@@ -15,6 +15,8 @@ import yaml
 
 from cnncli.errors import SpecError
 
+_PLAIN_TAGS = frozenset({"tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"})
+
 #: Most nodes a document may expand to (aliases included). Real specs use a few thousand.
 MAX_NODES = 200_000
 
@@ -39,16 +41,28 @@ def load_yaml(text: str, file: str | None = None) -> Any:
     try:
         node = loader.get_single_node()
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        # An unclosed bracket or quote is reported at the end of the stream; the context
+        # mark says where it was opened, which is the line the user needs.
+        problem_mark = getattr(exc, "problem_mark", None)
+        context_mark = getattr(exc, "context_mark", None)
+        at_end = problem_mark is not None and problem_mark.index >= len(text.rstrip())
+        mark = context_mark if (context_mark is not None and at_end) else problem_mark
         line = mark.line + 1 if mark is not None else None
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise SpecError(f"YAML syntax error: {problem}", file=file, line=line) from None
+        context = getattr(exc, "context", None)
+        detail = f"{problem} ({context})" if context else problem
+        raise SpecError(f"YAML syntax error: {detail}", file=file, line=line) from None
+    except RecursionError:
+        raise SpecError("YAML nesting is too deep", file=file) from None
     finally:
         loader.dispose()
     if node is None:
         return None
     budget = [MAX_NODES]
-    return _convert(node, loader, budget, file)
+    try:
+        return _convert(node, loader, budget, file)
+    except RecursionError:
+        raise SpecError("YAML nesting is too deep", file=file) from None
 
 
 def _convert(node: yaml.Node, loader: yaml.SafeLoader, budget: list[int], file: str | None) -> Any:
@@ -60,6 +74,9 @@ def _convert(node: yaml.Node, loader: yaml.SafeLoader, budget: list[int], file: 
             line=node.start_mark.line + 1,
         )
     line = node.start_mark.line + 1
+    if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)) and node.tag not in _PLAIN_TAGS:
+        raise SpecError(f"unsupported YAML tag {node.tag} (plain mappings and lists only)",
+                        file=file, line=line)
     if isinstance(node, yaml.MappingNode):
         out = YDict()
         out.line = line
@@ -96,7 +113,8 @@ def _convert(node: yaml.Node, loader: yaml.SafeLoader, budget: list[int], file: 
     try:
         return loader.construct_object(node, deep=True)
     except yaml.YAMLError as exc:
-        raise SpecError(f"bad YAML value: {exc}", file=file, line=line) from None
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise SpecError(f"bad YAML value: {problem}", file=file, line=line) from None
 
 
 def line_of(obj: Any) -> int | None:

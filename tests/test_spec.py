@@ -513,11 +513,6 @@ def test_yaml_syntax_error(text, line):
     assert "YAML syntax error" in msg
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: yamlsrc.load_yaml reports PyYAML's problem_mark (end of stream, past the last "
-    "line) for an unclosed flow mapping/quote instead of its context_mark (where it opened)",
-)
 @pytest.mark.parametrize(
     ("text", "line"),
     [
@@ -560,21 +555,11 @@ def test_yaml_python_tags_never_run_code():
     assert e.line == 3
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: yamlsrc._convert puts str(ConstructorError) in the message, which spans "
-    "3 lines (PyYAML's 'in <unicode string>, line 3, column 5' and a caret excerpt)",
-)
 def test_unknown_scalar_tag_is_a_one_line_error():
     e = fail("input: [8, 8, 1]\nlayers:\n  - !!python/name:os.system\n")
     located(e, 3)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: yamlsrc._convert ignores tags on mappings and sequences, so documents that "
-    "yaml.safe_load rejects (!!python/tuple, !!python/object/new:...) load silently",
-)
 @pytest.mark.parametrize(
     "text",
     [
@@ -614,11 +599,6 @@ def test_unknown_bare_layer_type_suggests_closest(typo, right):
     assert f"unknown layer type '{typo}' (did you mean '{right}'?)" in located(e, 4)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: spec._Builder._split raises 'unknown layer type' before reading the entry's "
-    "`name:`, so the error does not name the layer",
-)
 def test_unknown_layer_type_names_the_layer():
     e = fail("input: [8, 8, 1]\nlayers:\n  - covn: {name: C1, filters: 6, kernel: 5}\n")
     located(e, 3, "C1")
@@ -1077,11 +1057,6 @@ layers:
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: blocks.Repeat.build expands `times` eagerly with no budget: nested repeats "
-    "(10^10 layers from 7 lines) hang and eat memory instead of failing fast",
-)
 def test_repeat_bomb_fails_fast(tmp_path):
     p = tmp_path / "repeat_bomb.yaml"
     p.write_text(REPEAT_BOMB)
@@ -1104,11 +1079,6 @@ def test_repeat_bomb_fails_fast(tmp_path):
     assert proc.returncode == 2, proc.stderr[-500:]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: yamlsrc.load_yaml catches only yaml.YAMLError; deeply nested YAML raises "
-    "RecursionError from PyYAML's composer (a traceback, not a SpecError)",
-)
 def test_deeply_nested_yaml_is_a_spec_error():
     text = "input: [8, 8, 1]\nlayers: " + "[" * 3000 + "]" * 3000 + "\n"
     with pytest.raises(SpecError):

@@ -8,6 +8,7 @@ from cnncli.cli.app import app
 from cnncli.cli import shapes_cmd  # noqa: E402,F401  isort: skip
 from cnncli.cli import engine_cmd  # noqa: E402,F401  isort: skip
 from cnncli.cli import train_cmd  # noqa: E402,F401  isort: skip
+from cnncli.cli import augment_cmd  # noqa: E402,F401  isort: skip
 
 
 def main() -> None:

@@ -69,10 +69,15 @@ def layers(
     if format is OutputFormat.json:
         write_stdout(json.dumps(vocab, indent=2))
         return
-    if format in (OutputFormat.markdown, OutputFormat.csv):
+    if format is OutputFormat.markdown:
         from cnncli.vocabulary import vocabulary_markdown
 
         write_stdout(vocabulary_markdown(vocab))
+        return
+    if format is OutputFormat.csv:
+        from cnncli.vocabulary import vocabulary_csv
+
+        write_stdout(vocabulary_csv(vocab))
         return
     from rich.table import Table
 

@@ -1,0 +1,139 @@
+"""Throughput of ``cnn augment`` against the I/O floor and the albumentations reference.
+
+Usage::
+
+    python benchmarks/bench_augment.py [FOLDER] [-n 5] [--limit K] [--formats png1,png6,jpg]
+
+FOLDER defaults to ../shared/data/images/bulk (500 JPEGs of about 320x240) when it exists.
+Pipeline (issue 5): flip p=0.5, rotate within 15 degrees, random resized crop to 224x224 with
+area 0.8-1.0, brightness and contrast 0.2; 5 outputs per input. For each output format it
+prints images/s for:
+
+* the I/O floor: one process, Pillow decode once per input, then per output a plain 224x224
+  crop (no resampling) encoded and written atomically: what any tool must pay;
+* ``cnn augment`` through :func:`cnncli.augment.runner.run` with 1 and 2 worker processes
+  (manifest and pipeline files included; interpreter start-up and imports not timed);
+
+and the ratio ours(1 worker) / floor, next to the reference figures measured on this machine
+for albumentations 2.0.8 + OpenCV (2 threads inside OpenCV) in ../shared/reference/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from cnncli.augment import _kernels  # noqa: E402
+from cnncli.augment.io import IMAGE_EXTENSIONS, write_atomic  # noqa: E402
+from cnncli.augment.pipeline import parse_ops  # noqa: E402
+from cnncli.augment.runner import RunSettings, run  # noqa: E402
+
+DEFAULT_FOLDER = Path(__file__).resolve().parents[2] / "shared" / "data" / "images" / "bulk"
+PIPELINE = (
+    "flip(p=0.5),rotate(limit=15),"
+    "random_resized_crop(size=224, area=[0.8, 1.0]),brightness(limit=0.2),contrast(limit=0.2)"
+)
+FORMATS = {
+    # name: (label, --format, png level, albumentations img/s, Pillow floor img/s (reference))
+    "png6": ("PNG level 6", "png", 6, 88, 73),
+    "png1": ("fast PNG (level 1)", "png", 1, 332, 217),
+    "jpg": ("JPEG q95", "jpg", 1, 694, 851),
+}
+
+
+def io_floor(files: list[Path], n: int, fmt: str, png_level: int, out: Path) -> float:
+    """Seconds for decode + n x (224 crop, encode, atomic write): no augmentation at all."""
+    from PIL import Image
+
+    t0 = time.perf_counter()
+    for f in files:
+        with Image.open(f) as im:
+            im.load()
+            w, h = im.size
+            box = ((w - 224) // 2, (h - 224) // 2, (w - 224) // 2 + 224, (h - 224) // 2 + 224)
+            for i in range(n):
+                buf = io.BytesIO()
+                crop = im.crop(box)
+                if fmt == "png":
+                    crop.save(buf, format="PNG", compress_level=png_level)
+                else:
+                    crop.save(buf, format="JPEG", quality=95)
+                write_atomic(out / f"{f.stem}_{i}.{fmt}", buf.getvalue())
+    return time.perf_counter() - t0
+
+
+def ours(src: Path, out: Path, n: int, fmt: str, png_level: int, workers: int) -> float:
+    settings = RunSettings(
+        n=n, seed=0, workers=workers, out_format=fmt, png_level=png_level, quality=95
+    )
+    summary = run(src, out, parse_ops(PIPELINE), settings)
+    if summary.failed:
+        raise SystemExit(f"benchmark run had failures: {summary.failed[:3]}")
+    return summary.seconds
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("folder", nargs="?", type=Path, default=None)
+    ap.add_argument("-n", type=int, default=5, help="outputs per input (default 5)")
+    ap.add_argument("--limit", type=int, default=0, help="use only the first K images")
+    ap.add_argument("--formats", default="png6,png1,jpg", help="comma list of png6,png1,jpg")
+    ap.add_argument("--workers", default="1,2", help="worker counts to time (default 1,2)")
+    args = ap.parse_args()
+
+    folder = args.folder or (DEFAULT_FOLDER if DEFAULT_FOLDER.is_dir() else None)
+    if folder is None:
+        ap.error(f"no FOLDER given and the default {DEFAULT_FOLDER} does not exist")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+    if args.limit:
+        files = files[: args.limit]
+    if not files:
+        ap.error(f"no images in {folder}")
+    workers = [int(w) for w in args.workers.split(",")]
+    outputs = len(files) * args.n
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench_augment_"))
+    src = tmp / "in"
+    src.mkdir()
+    for f in files:  # a private copy, so --limit works and the shared folder is only read
+        shutil.copy2(f, src / f.name)
+    _kernels.warm_up()
+    print(f"{len(files)} images from {folder} -> {outputs} outputs of 224x224; cpus={os.cpu_count()}")
+    print(f"pipeline: {PIPELINE}")
+    header = f"{'format':<20}{'I/O floor':>11}" + "".join(f"{f'ours x{w}':>11}" for w in workers)
+    header += f"{'floor/ours(1)':>15}{'albument.':>11}{'ref floor':>11}"
+    print(header + "   (images/s)")
+    try:
+        for key in args.formats.split(","):
+            label, fmt, level, ref_alb, ref_floor = FORMATS[key]
+            out = tmp / f"floor_{key}"
+            out.mkdir()
+            floor = outputs / io_floor([src / f.name for f in files], args.n, fmt, level, out)
+            shutil.rmtree(out)
+            rates = []
+            for w in workers:
+                out = tmp / f"ours_{key}_{w}"
+                rates.append(outputs / ours(src, out, args.n, fmt, level, w))
+                shutil.rmtree(out)
+            ratio = floor / rates[0] if workers[0] == 1 else float("nan")
+            line = f"{label:<20}{floor:>11.0f}" + "".join(f"{r:>11.0f}" for r in rates)
+            line += f"{ratio:>14.2f}x{ref_alb:>11}{ref_floor:>11}"
+            print(line, flush=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(
+        "target: ours on both cores >= albumentations; floor/ours(1) <= 1.5. "
+        "Reference: ../shared/reference/README.md (Augmentor: 97 PNG6, 265 JPEG)."
+    )
+
+
+if __name__ == "__main__":
+    main()

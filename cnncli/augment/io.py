@@ -1,0 +1,252 @@
+"""Reading and writing images robustly.
+
+Reading (:func:`read_image`) returns the pixels as an (H, W, C) ``uint8`` or ``uint16`` array
+plus what is needed to write them back in the same mode:
+
+* EXIF orientation is applied (a phone photo stored sideways comes out upright).
+* Modes: L, LA, RGB, RGBA stay as they are; palette images are expanded to RGB (RGBA when the
+  palette has transparency) and remembered, so PNG/BMP/TIFF outputs are mapped back onto the
+  same palette; 1-bit becomes L; CMYK/YCbCr/LAB/HSV become RGB.
+* 16-bit greyscale stays 16-bit (``uint16``) all the way through. Pillow's own conversions clip
+  such images to 255, i.e. white (a known trap); JPEG/WebP/BMP outputs, which cannot hold 16
+  bits, are rescaled with ``round(v * 255 / 65535)`` instead. 48/64-bit PNGs are reduced to 8
+  bits per channel by Pillow itself; that is reported as a warning.
+* Images over ``max_pixels`` (decompression bombs) are refused before decoding; truncated,
+  corrupt, unreadable and non-image files raise :class:`ImageReadError` with a one-line reason.
+
+Writing (:func:`encode_image`, :func:`write_atomic`) encodes to memory, then writes a temporary
+file in the destination folder and renames it over the target, so a reader never sees a
+half-written image and an interrupted run leaves no partial outputs.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cnncli.errors import DataError
+
+IMAGE_EXTENSIONS = {
+    ".jpg": "JPEG",
+    ".jpeg": "JPEG",
+    ".png": "PNG",
+    ".bmp": "BMP",
+    ".tif": "TIFF",
+    ".tiff": "TIFF",
+    ".webp": "WEBP",
+}
+DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own default limit (about 0.25 GiB of RGBA)
+TEMP_PREFIX = ".cnnaug-"
+TEMP_SUFFIX = ".tmp"
+
+
+class ImageReadError(DataError):
+    """A file that cannot be used as an input image (the run skips it and reports it)."""
+
+
+@dataclass
+class ImageMeta:
+    """What :func:`encode_image` needs to write pixels back like the source."""
+
+    format: str  # Pillow format name of the source ("JPEG", "PNG", ...)
+    mode: str  # source mode as Pillow opened it
+    palette: Any = None  # a Pillow "P" image whose palette outputs are mapped back onto
+    icc_profile: bytes | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+def read_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, ImageMeta]:
+    """Decode ``path`` into (pixels, meta); raises :class:`ImageReadError` for bad files."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                w, h = im.size
+                if w * h > max_pixels:
+                    raise ImageReadError(
+                        f"too many pixels: {w}x{h} = {w * h:,} > limit {max_pixels:,} "
+                        "(decompression bomb guard; raise it with --max-pixels)"
+                    )
+                fmt = im.format or IMAGE_EXTENSIONS.get(path.suffix.lower(), "PNG")
+                mode = im.mode
+                meta = ImageMeta(format=fmt, mode=mode, icc_profile=im.info.get("icc_profile"))
+                if fmt == "PNG":
+                    depth = _png_bit_depth(path)
+                    if depth == 16 and mode in ("RGB", "RGBA"):
+                        meta.warnings.append(
+                            f"{depth}-bit-per-channel colour PNG read as 8 bits per channel "
+                            "(Pillow cannot decode more)"
+                        )
+                im.load()
+                im = ImageOps.exif_transpose(im) or im
+                pixels = _to_array(im, meta)
+    except ImageReadError:
+        raise
+    except FileNotFoundError:
+        raise ImageReadError("file not found (dangling link?)") from None
+    except PermissionError:
+        raise ImageReadError("permission denied") from None
+    except IsADirectoryError:
+        raise ImageReadError("is a directory") from None
+    except UnidentifiedImageError:
+        raise ImageReadError("not an image (or a format Pillow cannot read)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageReadError(f"too many pixels (decompression bomb guard): {exc}") from None
+    except OSError as exc:
+        if exc.errno == 40:  # ELOOP
+            raise ImageReadError("symbolic link loop") from None
+        reason = str(exc) or type(exc).__name__
+        if "truncated" in reason:
+            reason = f"truncated or corrupt: {reason}"
+        raise ImageReadError(reason) from None
+    except Exception as exc:  # decoders raise SyntaxError, ValueError, struct.error, ...
+        raise ImageReadError(f"corrupt image: {type(exc).__name__}: {exc}") from None
+    return pixels, meta
+
+
+def _png_bit_depth(path: Path) -> int | None:
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(26)
+    except OSError:
+        return None
+    if len(head) == 26 and head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
+        return head[24]
+    return None
+
+
+def _to_array(im: Any, meta: ImageMeta) -> np.ndarray:
+    """Pillow image -> (H, W, C) uint8/uint16, recording palette information in ``meta``."""
+    mode = im.mode
+    if mode == "P":
+        has_alpha = "transparency" in im.info
+        if not has_alpha:
+            meta.palette = im
+        im = im.convert("RGBA" if has_alpha else "RGB")
+    elif mode == "PA":
+        im = im.convert("RGBA")
+    elif mode == "1":
+        im = im.convert("L")
+    elif mode in ("CMYK", "YCbCr", "LAB", "HSV", "RGBX"):
+        im = im.convert("RGB")
+    elif mode in ("La", "RGBa"):
+        im = im.convert(mode[:-1] + "A")
+    elif mode.startswith("I;16") or mode == "I":
+        arr = np.asarray(im)
+        if mode == "I" and (arr.min() < 0 or arr.max() > 65535):
+            raise ImageReadError("32-bit integer image with values outside 0..65535")
+        return np.ascontiguousarray(arr.astype(np.uint16))[:, :, None]
+    elif mode == "F":
+        raise ImageReadError("32-bit float images are not supported")
+    if im.mode not in ("L", "LA", "RGB", "RGBA"):
+        raise ImageReadError(f"unsupported image mode {im.mode}")
+    arr = np.asarray(im)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    return np.ascontiguousarray(arr)
+
+
+def output_format(src_format: str, wanted: str) -> str:
+    """Pillow format to write: ``keep`` keeps the source's, else ``PNG`` or ``JPEG``."""
+    if wanted == "keep":
+        return src_format if src_format in set(IMAGE_EXTENSIONS.values()) else "PNG"
+    return {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG"}[wanted]
+
+
+def _to_8bit(arr: np.ndarray) -> np.ndarray:
+    if arr.dtype == np.uint8:
+        return arr
+    return ((arr.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+
+
+def _flatten_alpha(arr: np.ndarray, background: int = 255) -> np.ndarray:
+    """Composite grey+alpha / RGBA over a white background (for formats without alpha)."""
+    if arr.shape[2] not in (2, 4):
+        return arr
+    colour = arr[..., :-1].astype(np.uint32)
+    alpha = arr[..., -1:].astype(np.uint32)
+    top = 255
+    out = (colour * alpha + background * (top - alpha) + top // 2) // top
+    return out.astype(np.uint8)
+
+
+def to_pil(arr: np.ndarray) -> Any:
+    """(H, W, C) uint8/uint16 array -> Pillow image (L, LA, RGB, RGBA or I;16)."""
+    from PIL import Image
+
+    if arr.dtype == np.uint16:
+        if arr.shape[2] != 1:
+            raise ValueError("16-bit images must be greyscale")
+        return Image.fromarray(np.ascontiguousarray(arr[:, :, 0], dtype="<u2"))
+    data = arr[:, :, 0] if arr.shape[2] == 1 else arr
+    return Image.fromarray(np.ascontiguousarray(data))  # L, LA, RGB or RGBA from the shape
+
+
+def encode_image(
+    arr: np.ndarray, meta: ImageMeta, fmt: str, *, quality: int = 95, png_level: int = 1
+) -> bytes:
+    """Encode pixels in Pillow format ``fmt``, in the source's mode where the format allows."""
+    if fmt in ("JPEG", "WEBP", "BMP") and arr.dtype == np.uint16:
+        arr = _to_8bit(arr)
+    if fmt == "JPEG":
+        arr = _flatten_alpha(arr)
+    if fmt in ("JPEG", "BMP") and arr.shape[2] == 2:
+        arr = _flatten_alpha(arr)
+    im = to_pil(arr)
+    if meta.palette is not None and fmt in ("PNG", "BMP", "TIFF") and im.mode == "RGB":
+        from PIL import Image
+
+        im = im.quantize(palette=meta.palette, dither=Image.Dither.NONE)
+    kwargs: dict[str, Any] = {}
+    if meta.icc_profile and fmt in ("JPEG", "PNG", "TIFF", "WEBP"):
+        kwargs["icc_profile"] = meta.icc_profile
+    if fmt == "JPEG":
+        kwargs.update(quality=quality)
+    elif fmt == "PNG":
+        kwargs.update(compress_level=png_level)
+    elif fmt == "WEBP":
+        kwargs.update(quality=quality)
+    elif fmt == "TIFF":
+        kwargs.update(compression="tiff_deflate")
+    buf = io.BytesIO()
+    im.save(buf, format=fmt, **kwargs)
+    return buf.getvalue()
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.chmod(tmp, 0o644 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+_UMASK: int | None = None
+
+
+def _umask() -> int:
+    global _UMASK
+    if _UMASK is None:
+        current = os.umask(0)
+        os.umask(current)
+        _UMASK = current
+    return _UMASK

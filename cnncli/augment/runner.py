@@ -1,0 +1,495 @@
+"""Augment a folder of images into a new folder with the same layout, reproducibly.
+
+:func:`run` walks the input (sorted, hidden entries ignored, symlinked folders followed once:
+a link back to an ancestor is skipped and reported), plans deterministic output names
+(``<stem>_<i><ext>`` next to where the source sits), and processes one source per task, in
+this process (``workers=1``) or in a pool of processes. Each output ``i`` of source ``rel``
+draws from its own generator::
+
+    numpy.random.default_rng(SeedSequence(seed, spawn_key=(*sha256(rel)[:16] as 4 uint32, i)))
+
+so an output depends only on (seed, relative path, index, pipeline): the same seed gives
+byte-identical files whatever the number of workers or the order they finish in.
+
+The output folder receives ``manifest.csv`` and ``manifest.jsonl`` (one row per output: its
+source and the exact sampled parameters of every op) and ``pipeline.yaml`` (the pipeline and
+seed; PCA folder eigenvectors filled in): enough to reproduce any output. Sources are only ever
+opened for reading; outputs are written atomically.
+"""
+
+from __future__ import annotations
+
+import csv
+import errno
+import hashlib
+import io
+import json
+import multiprocessing as mp
+import os
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cnncli.augment.io import (
+    DEFAULT_MAX_PIXELS,
+    IMAGE_EXTENSIONS,
+    TEMP_PREFIX,
+    ImageReadError,
+    encode_image,
+    output_format,
+    read_image,
+    write_atomic,
+)
+from cnncli.augment.pipeline import Pipeline
+from cnncli.augment.transforms import Pca
+from cnncli.errors import CnnError, DataError
+
+MANIFEST_CSV = "manifest.csv"
+MANIFEST_JSONL = "manifest.jsonl"
+PIPELINE_FILE = "pipeline.yaml"
+FORMATS = ("keep", "png", "jpg")
+
+Progress = Callable[[int, int, str], None]  # (sources finished, sources in total, last source)
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Everything about a run except the pipeline and the folders."""
+
+    n: int = 1  # outputs per input
+    seed: int = 0
+    workers: int | None = None  # processes; None: os.cpu_count()
+    out_format: str = "keep"  # keep | png | jpg
+    quality: int = 95  # JPEG / WebP quality
+    png_level: int = 1  # zlib level 0..9: 1 is about 3x faster than Pillow's 6, ~10% larger
+    overwrite: bool = False
+    dry_run: bool = False
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.n >= 1, f"-n must be at least 1, got {self.n}"),
+            (self.seed >= 0, f"--seed must be non-negative, got {self.seed}"),
+            (self.workers is None or self.workers >= 1, f"--workers must be >= 1, got {self.workers}"),
+            (self.out_format in FORMATS, f"--format must be one of {', '.join(FORMATS)}"),
+            (1 <= self.quality <= 100, f"--quality must be in 1..100, got {self.quality}"),
+            (0 <= self.png_level <= 9, f"--png-level must be in 0..9, got {self.png_level}"),
+            (self.max_pixels >= 1, f"--max-pixels must be positive, got {self.max_pixels}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise CnnError(message)
+
+
+@dataclass
+class Source:
+    path: Path  # where to read it
+    rel: str  # path relative to the input root, '/'-separated (names outputs, seeds the RNG)
+    outputs: list[str] = field(default_factory=list)  # output paths relative to the out root
+
+
+@dataclass
+class OutputRecord:
+    output: str
+    source: str
+    index: int
+    width: int
+    height: int
+    ops: list[dict[str, Any]]
+
+
+@dataclass
+class Problem:
+    path: str
+    reason: str
+
+
+@dataclass
+class SourceResult:
+    source: str
+    records: list[OutputRecord] = field(default_factory=list)
+    failure: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Summary:
+    """What a run did; ``exit_code`` is 1 when any input failed, else 0."""
+
+    input: str
+    output: str
+    pipeline: str
+    seed: int
+    n: int
+    workers: int
+    dry_run: bool
+    sources: int = 0  # image files found
+    done: int = 0  # outputs written (planned, for a dry run)
+    failed: list[Problem] = field(default_factory=list)  # bad image files
+    skipped: list[Problem] = field(default_factory=list)  # symlink loops, unreadable folders
+    ignored: int = 0  # files without an image extension
+    warnings: list[Problem] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed else 0
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["exit_code"] = self.exit_code
+        data["images_per_second"] = round(self.done / self.seconds, 1) if self.seconds else None
+        return data
+
+
+# --------------------------------------------------------------------------- planning
+
+
+def output_rng(seed: int, rel: str, index: int) -> np.random.Generator:
+    """The generator for output ``index`` of source ``rel`` (see the module docstring)."""
+    words = struct.unpack("<4I", hashlib.sha256(rel.encode("utf-8")).digest()[:16])
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(*words, index)))
+
+
+def check_paths(src: Path, out: Path, *, overwrite: bool) -> None:
+    """Refuse (exit 2) a missing input, an output inside the input, an existing output."""
+    if not src.exists():
+        raise DataError(f"input not found: {src}")
+    if not (src.is_dir() or src.is_file()):
+        raise DataError(f"input is neither a folder nor a file: {src}")
+    rsrc, rout = src.resolve(), out.resolve()
+    if src.is_dir() and (rout == rsrc or rsrc in rout.parents):
+        raise CnnError(
+            f"output folder {out} is inside the input folder {src}; choose a folder outside it "
+            "(its outputs would become inputs)"
+        )
+    if out.exists() and not out.is_dir():
+        raise CnnError(f"output path exists and is not a folder: {out}")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise CnnError(
+            f"output folder {out} already exists and is not empty; pass --overwrite to write "
+            "into it (files with the same names are replaced, nothing is deleted)"
+        )
+
+
+def discover(src: Path, summary: Summary) -> list[Source]:
+    """Image files under ``src`` in sorted order; loops and unreadable folders go to ``skipped``."""
+    if src.is_file():
+        if src.suffix.lower() not in IMAGE_EXTENSIONS:
+            raise DataError(f"not an image file name ({', '.join(sorted(IMAGE_EXTENSIONS))}): {src}")
+        return [Source(src, src.name)]
+    found: list[Source] = []
+    visited: set[tuple[int, int]] = set()
+
+    def walk(folder: Path, rel: str) -> None:
+        try:
+            st = os.stat(folder)
+        except OSError as exc:
+            summary.skipped.append(Problem(rel or ".", _os_reason(exc)))
+            return
+        key = (st.st_dev, st.st_ino)
+        if key in visited:
+            summary.skipped.append(Problem(rel, "symlink loop: folder already visited"))
+            return
+        visited.add(key)
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            summary.skipped.append(Problem(rel or ".", _os_reason(exc)))
+            return
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            child = f"{rel}/{entry.name}" if rel else entry.name
+            try:
+                is_dir = entry.is_dir()
+                if entry.is_symlink():
+                    os.stat(entry.path)  # raises for loops (ELOOP) and dangling links
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    summary.skipped.append(Problem(child, "symlink loop"))
+                    continue
+                is_dir = False  # a dangling link: treated as a file, fails if it looks like an image
+            if is_dir:
+                walk(Path(entry.path), child)
+            elif Path(entry.name).suffix.lower() in IMAGE_EXTENSIONS:
+                found.append(Source(Path(entry.path), child))
+            else:
+                summary.ignored += 1
+
+    walk(src, "")
+    return found
+
+
+def _os_reason(exc: OSError) -> str:
+    if exc.errno == errno.ELOOP:
+        return "symlink loop"
+    return exc.strerror or str(exc)
+
+
+def name_outputs(sources: list[Source], n: int, out_format: str) -> None:
+    """Fill ``source.outputs``: ``dir/stem_i.ext``, with the source extension added to the stem
+    (``stem_jpg_i``) when two sources in one folder would otherwise collide."""
+    width = len(str(n - 1))
+
+    def ext_of(s: Source) -> str:
+        return Path(s.rel).suffix if out_format == "keep" else f".{out_format}"
+
+    groups: dict[tuple[str, str], list[Source]] = {}
+    for s in sources:
+        rel = Path(s.rel)
+        groups.setdefault((str(rel.parent), rel.stem + ext_of(s).lower()), []).append(s)
+    for s in sources:
+        rel = Path(s.rel)
+        stem = rel.stem
+        if len(groups[(str(rel.parent), stem + ext_of(s).lower())]) > 1:
+            stem = f"{stem}_{rel.suffix.lstrip('.').lower()}"
+        parent = "" if str(rel.parent) == "." else f"{rel.parent.as_posix()}/"
+        s.outputs = [f"{parent}{stem}_{i:0{width}d}{ext_of(s)}" for i in range(n)]
+
+
+# --------------------------------------------------------------------------- processing
+
+
+@dataclass
+class _Context:
+    pipeline: Pipeline
+    settings: RunSettings
+    out_root: Path
+
+
+_CTX: _Context | None = None
+
+
+def _init_worker(ctx: _Context) -> None:
+    global _CTX
+    _CTX = ctx
+
+
+def _work(source: Source) -> SourceResult:
+    assert _CTX is not None
+    return process_source(source, _CTX)
+
+
+def process_source(source: Source, ctx: _Context) -> SourceResult:
+    """Read one source, write its ``n`` outputs; failures are returned, never raised."""
+    result = SourceResult(source.rel)
+    st = ctx.settings
+    try:
+        pixels, meta = read_image(source.path, max_pixels=st.max_pixels)
+    except ImageReadError as exc:
+        result.failure = str(exc)
+        return result
+    result.warnings.extend(meta.warnings)
+    shape = tuple(pixels.shape)
+    ext = Path(source.rel).suffix.lower()
+    fmt = output_format(IMAGE_EXTENSIONS.get(ext, meta.format), st.out_format)
+    try:
+        if source.outputs:
+            (ctx.out_root / source.outputs[0]).parent.mkdir(parents=True, exist_ok=True)
+        for index, out_rel in enumerate(source.outputs):
+            rng = output_rng(st.seed, source.rel, index)
+            records = ctx.pipeline.sample(rng, shape)  # type: ignore[arg-type]
+            img = ctx.pipeline.apply(pixels, records)
+            data = encode_image(img, meta, fmt, quality=st.quality, png_level=st.png_level)
+            write_atomic(ctx.out_root / out_rel, data)
+            result.records.append(
+                OutputRecord(out_rel, source.rel, index, int(img.shape[1]), int(img.shape[0]), records)
+            )
+    except OSError as exc:
+        result.failure = f"cannot write output: {exc.strerror or exc}"
+    except Exception as exc:  # an image the ops cannot handle must not stop the run
+        result.failure = f"augmentation failed: {type(exc).__name__}: {exc}"
+    return result
+
+
+def _dry_check(source: Source, max_pixels: int) -> str | None:
+    """Header-only check for a dry run: None if the file looks like a usable image."""
+    from PIL import Image
+
+    try:
+        with Image.open(source.path) as im:
+            w, h = im.size
+    except Exception as exc:  # noqa: BLE001 - any failure to identify the file
+        try:
+            read_image(source.path, max_pixels=max_pixels)
+        except ImageReadError as err:
+            return str(err)
+        return f"{type(exc).__name__}: {exc}"
+    if w * h > max_pixels:
+        return f"too many pixels: {w}x{h} = {w * h:,} > limit {max_pixels:,}"
+    return None
+
+
+def folder_eigen(sources: list[Source], max_pixels: int, per_image: int = 65536) -> tuple[list[float], list[list[float]]]:
+    """Eigenvalues/vectors of the RGB covariance over every readable colour image.
+
+    Each image contributes at most about ``per_image`` pixels (a regular subsample), in
+    0..255 units; the covariance is accumulated in float64 so memory stays constant.
+    """
+    count = 0
+    total = np.zeros(3)
+    outer = np.zeros((3, 3))
+    for s in sources:
+        try:
+            pixels, _ = read_image(s.path, max_pixels=max_pixels)
+        except ImageReadError:
+            continue
+        if pixels.shape[2] < 3:
+            continue
+        step = max(1, int(np.sqrt(pixels.shape[0] * pixels.shape[1] / per_image)))
+        rgb = pixels[::step, ::step, :3].reshape(-1, 3).astype(np.float64)
+        if pixels.dtype == np.uint16:
+            rgb /= 257.0
+        count += rgb.shape[0]
+        total += rgb.sum(axis=0)
+        outer += rgb.T @ rgb
+    if count < 2:
+        raise DataError("pca eigen=folder: no colour images to compute the covariance from")
+    mean = total / count
+    cov = (outer - count * np.outer(mean, mean)) / (count - 1)
+    vals, vecs = np.linalg.eigh(cov)
+    order = np.argsort(vals)[::-1]
+    vals, vecs = np.clip(vals[order], 0, None), vecs[:, order]
+    signs = np.sign(vecs[np.argmax(np.abs(vecs), axis=0), np.arange(3)])
+    vecs = vecs * np.where(signs == 0, 1.0, signs)
+    return [float(v) for v in vals], [[float(v) for v in row] for row in vecs]
+
+
+def with_folder_eigen(pipeline: Pipeline, sources: list[Source], max_pixels: int) -> Pipeline:
+    """The pipeline with eigvals/eigvecs filled in for every ``pca`` op with ``eigen: folder``."""
+    needs = [op for op in pipeline.ops if isinstance(op, Pca) and op["eigen"] == "folder" and not op["eigvals"]]
+    if not needs:
+        return pipeline
+    vals, vecs = folder_eigen(sources, max_pixels)
+    ops = []
+    for op in pipeline.ops:
+        if op in needs:
+            cfg = {**op.config, "eigvals": vals, "eigvecs": vecs}
+            op = type(op)(p=op.p, **cfg)
+        ops.append(op)
+    return replace(pipeline, ops=ops)
+
+
+def run(
+    src: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    pipeline: Pipeline,
+    settings: RunSettings,
+    progress: Progress | None = None,
+) -> Summary:
+    """Augment ``src`` (a folder or one image) into ``out``; returns the :class:`Summary`.
+
+    Raises :class:`~cnncli.errors.CnnError` (exit 2) for bad paths before anything is written.
+    Bad images never raise: they are listed in ``summary.failed``.
+    """
+    t0 = time.perf_counter()
+    src_path, out_path = Path(src), Path(out)
+    check_paths(src_path, out_path, overwrite=settings.overwrite)
+    workers = settings.workers or os.cpu_count() or 1
+    summary = Summary(
+        input=str(src_path),
+        output=str(out_path),
+        pipeline=pipeline.short(),
+        seed=settings.seed,
+        n=settings.n,
+        workers=workers,
+        dry_run=settings.dry_run,
+    )
+    sources = discover(src_path, summary)
+    name_outputs(sources, settings.n, settings.out_format)
+    summary.sources = len(sources)
+
+    if settings.dry_run:
+        for i, s in enumerate(sources, 1):
+            reason = _dry_check(s, settings.max_pixels)
+            if reason:
+                summary.failed.append(Problem(s.rel, reason))
+            else:
+                summary.done += len(s.outputs)
+            if progress:
+                progress(i, len(sources), s.rel)
+        summary.seconds = time.perf_counter() - t0
+        return summary
+
+    pipeline = with_folder_eigen(pipeline, sources, settings.max_pixels)
+    pipeline = replace(pipeline, seed=settings.seed)
+    out_path.mkdir(parents=True, exist_ok=True)
+
+    ctx = _Context(pipeline, settings, out_path)
+    workers = max(1, min(workers, len(sources)))
+    summary.workers = workers
+    results: list[SourceResult] = []
+    try:
+        if workers == 1:
+            for i, s in enumerate(sources, 1):
+                results.append(process_source(s, ctx))
+                if progress:
+                    progress(i, len(sources), s.rel)
+        else:
+            from cnncli.augment import _kernels
+
+            _kernels.warm_up()  # compile/load once here; forked workers inherit the code
+            methods = mp.get_all_start_methods()
+            mpctx = mp.get_context("fork" if "fork" in methods else "spawn")
+            with mpctx.Pool(workers, initializer=_init_worker, initargs=(ctx,)) as pool:
+                for i, res in enumerate(pool.imap_unordered(_work, sources, chunksize=1), 1):
+                    results.append(res)
+                    if progress:
+                        progress(i, len(sources), res.source)
+    except KeyboardInterrupt:
+        _remove_temp_files(out_path)
+        raise
+
+    results.sort(key=lambda r: r.source)
+    records: list[OutputRecord] = []
+    for res in results:
+        records.extend(res.records)
+        if res.failure:
+            summary.failed.append(Problem(res.source, res.failure))
+        summary.warnings.extend(Problem(res.source, w) for w in res.warnings)
+    summary.done = len(records)
+    write_manifests(out_path, records)
+    pipeline.save(out_path / PIPELINE_FILE)
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def write_manifests(out: Path, records: list[OutputRecord]) -> None:
+    """``manifest.csv`` (ops as a JSON column) and ``manifest.jsonl``, one row per output."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["output", "source", "index", "width", "height", "ops"])
+    lines = []
+    for r in records:
+        ops = json.dumps(r.ops, separators=(",", ":"))
+        writer.writerow([r.output, r.source, r.index, r.width, r.height, ops])
+        lines.append(json.dumps(asdict(r), separators=(",", ":")))
+    write_atomic(out / MANIFEST_CSV, buf.getvalue().encode("utf-8"))
+    write_atomic(out / MANIFEST_JSONL, ("\n".join(lines) + ("\n" if lines else "")).encode("utf-8"))
+
+
+def _remove_temp_files(out: Path) -> None:
+    for root, _dirs, files in os.walk(out):
+        for name in files:
+            if name.startswith(TEMP_PREFIX):
+                try:
+                    os.unlink(os.path.join(root, name))
+                except OSError:
+                    pass
+
+
+def read_manifest(out: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The rows of ``manifest.jsonl`` in ``out`` (for replaying or checking a run)."""
+    path = Path(out) / MANIFEST_JSONL
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
+    return [json.loads(line) for line in text.splitlines() if line.strip()]

@@ -1,0 +1,433 @@
+"""2-D convolution and transposed convolution: im2col + one BLAS GEMM per group.
+
+Shapes are NCHW for activations and OIHW ``[K, C/groups, kh, kw]`` for conv2d weights.
+This is a cross-correlation (the kernel is not flipped), as in every framework:
+
+    y[n,k,i,j] = b[k] + sum_{c,u,v} w[k,c,u,v] * xpad[n, g(k)*Cg + c, i*sh + u*dh, j*sw + v*dw]
+
+The column matrix holds one row per weight tap (c, u, v) and one column per output pixel
+(n, i, j), so the forward pass is ``W[K, C*kh*kw] @ cols`` and the backward pass is the two
+transposed products ``dW = dY @ cols.T`` and ``dcols = W.T @ dY`` followed by col2im (the
+scatter-add that the lecture notes describe as convolving with the flipped filter).
+
+The batch is processed in chunks whose column matrix fits in the L2 cache; the chunk's
+columns are rebuilt in the backward pass instead of being stored (which would take
+C*kh*kw times the memory of the input), so the cache only keeps a reference to ``x``.
+A transposed convolution is the adjoint of conv2d and runs on the same machinery.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from cnncli.errors import ShapeMismatchError
+
+Pair = tuple[int, int]
+
+#: Target size of one chunk's column matrix; a chunk holds at least one image.
+CHUNK_BYTES = 1 << 20
+
+
+class ConvGeometry(NamedTuple):
+    """Everything about a conv2d except the arrays. ``in_hw`` is the (unpadded) input size
+    and ``out_hw`` the output size of the *conv2d* direction."""
+
+    kernel: Pair
+    stride: Pair
+    padding: Pair
+    dilation: Pair
+    groups: int
+    in_hw: Pair
+    out_hw: Pair
+
+
+class ConvCache(NamedTuple):
+    """What conv2d_backward needs: the input (a reference, not a copy), the weights, and
+    the geometry. Columns are recomputed chunk by chunk in the backward pass."""
+
+    x: np.ndarray
+    w: np.ndarray
+    has_bias: bool
+    geometry: ConvGeometry
+
+
+class ConvTransposeCache(NamedTuple):
+    """What conv_transpose2d_backward needs: input and weights (references) and the
+    geometry of the adjoint conv2d (whose input is this layer's output)."""
+
+    x: np.ndarray
+    w: np.ndarray
+    has_bias: bool
+    geometry: ConvGeometry
+
+
+# ---------------------------------------------------------------------------------------
+# shape rules (pure integer functions, shared with the layer registry)
+# ---------------------------------------------------------------------------------------
+
+
+def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int = 1) -> int:
+    """``floor((size + 2*padding - dilation*(kernel-1) - 1) / stride) + 1``.
+
+    Rows and columns that the stride does not reach are dropped (floor). Raises
+    ShapeMismatchError when the (dilated) kernel does not fit in the padded input.
+    """
+    if kernel < 1 or stride < 1 or dilation < 1 or padding < 0:
+        raise ShapeMismatchError(
+            f"conv needs kernel, stride, dilation >= 1 and padding >= 0; got kernel={kernel}, "
+            f"stride={stride}, dilation={dilation}, padding={padding}"
+        )
+    span = dilation * (kernel - 1) + 1
+    if size + 2 * padding < span:
+        raise ShapeMismatchError(
+            f"conv kernel spans {span} (kernel={kernel}, dilation={dilation}) but the padded "
+            f"input is only {size + 2 * padding} (size={size}, padding={padding})"
+        )
+    return (size + 2 * padding - span) // stride + 1
+
+
+def deconv_output_size(
+    size: int,
+    kernel: int,
+    stride: int,
+    padding: int,
+    output_padding: int = 0,
+    dilation: int = 1,
+) -> int:
+    """``(size-1)*stride - 2*padding + dilation*(kernel-1) + output_padding + 1``.
+
+    As in PyTorch, ``output_padding`` must be smaller than the stride or the dilation (it
+    only picks one of the input sizes that a strided conv2d maps to ``size``).
+    """
+    if kernel < 1 or stride < 1 or dilation < 1 or padding < 0 or output_padding < 0:
+        raise ShapeMismatchError(
+            f"conv_transpose needs kernel, stride, dilation >= 1 and padding, output_padding "
+            f">= 0; got kernel={kernel}, stride={stride}, dilation={dilation}, "
+            f"padding={padding}, output_padding={output_padding}"
+        )
+    if output_padding >= stride and output_padding >= dilation:
+        raise ShapeMismatchError(
+            f"conv_transpose output_padding={output_padding} must be smaller than the stride "
+            f"({stride}) or the dilation ({dilation})"
+        )
+    out = (size - 1) * stride - 2 * padding + dilation * (kernel - 1) + output_padding + 1
+    if out < 1:
+        raise ShapeMismatchError(
+            f"conv_transpose output size would be {out} (size={size}, kernel={kernel}, "
+            f"stride={stride}, padding={padding}, output_padding={output_padding}, "
+            f"dilation={dilation})"
+        )
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# validation helpers
+# ---------------------------------------------------------------------------------------
+
+
+def _pair(v, name: str) -> Pair:
+    if isinstance(v, (int, np.integer)):
+        return int(v), int(v)
+    try:
+        a, b = v
+    except (TypeError, ValueError):
+        raise ShapeMismatchError(f"{name} must be an int or a pair (h, w); got {v!r}") from None
+    return int(a), int(b)
+
+
+def _check_arrays(x, w, b, what: str):
+    if not isinstance(x, np.ndarray) or x.ndim != 4:
+        raise ShapeMismatchError(
+            f"{what} expects x with 4 dims [N, C, H, W]; got shape {np.shape(x)}"
+        )
+    if x.dtype not in (np.float32, np.float64):
+        raise ShapeMismatchError(f"{what} expects float32 or float64 x; got {x.dtype}")
+    if not isinstance(w, np.ndarray) or w.ndim != 4:
+        raise ShapeMismatchError(f"{what} expects w with 4 dims; got shape {np.shape(w)}")
+    if w.dtype != x.dtype:
+        raise ShapeMismatchError(f"{what}: w is {w.dtype} but x is {x.dtype}")
+    if b is not None and (not isinstance(b, np.ndarray) or b.dtype != x.dtype):
+        raise ShapeMismatchError(
+            f"{what}: b must be a {x.dtype} array; got {getattr(b, 'dtype', type(b))}"
+        )
+    return np.ascontiguousarray(x), np.ascontiguousarray(w)
+
+
+def _check_dy(dy, expected: tuple, dtype, what: str):
+    if not isinstance(dy, np.ndarray) or dy.shape != tuple(expected):
+        raise ShapeMismatchError(
+            f"{what}: dy must have shape {tuple(expected)}; got {np.shape(dy)}"
+        )
+    if dy.dtype != dtype:
+        raise ShapeMismatchError(f"{what}: dy is {dy.dtype} but the forward pass ran in {dtype}")
+    return np.ascontiguousarray(dy)
+
+
+def _geometry(x_hw: Pair, w_shape, stride, padding, dilation, groups) -> ConvGeometry:
+    kh, kw = int(w_shape[2]), int(w_shape[3])
+    s, p, d = _pair(stride, "stride"), _pair(padding, "padding"), _pair(dilation, "dilation")
+    if int(groups) < 1:
+        raise ShapeMismatchError(f"groups must be >= 1; got {groups}")
+    ho = conv_output_size(x_hw[0], kh, s[0], p[0], d[0])
+    wo = conv_output_size(x_hw[1], kw, s[1], p[1], d[1])
+    return ConvGeometry((kh, kw), s, p, d, int(groups), x_hw, (ho, wo))
+
+
+def _chunk(n: int, rows: int, pixels: int, itemsize: int) -> int:
+    per_image = max(1, rows * pixels * itemsize)
+    return int(min(n, max(1, CHUNK_BYTES // per_image)))
+
+
+def _is_pointwise(g: ConvGeometry) -> bool:
+    return g.kernel == (1, 1) and g.stride == (1, 1) and g.padding == (0, 0) and g.groups == 1
+
+
+def _is_dense(g: ConvGeometry) -> bool:
+    """The kernel covers the whole unpadded input exactly once: a fully connected layer."""
+    return (
+        g.kernel == g.in_hw
+        and g.padding == (0, 0)
+        and g.groups == 1
+        and (g.dilation == (1, 1) or g.kernel == (1, 1))
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# cores shared by conv2d and conv_transpose2d
+# ---------------------------------------------------------------------------------------
+
+
+def _forward_core(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, g: ConvGeometry):
+    """y = conv2d(x, w) + b for contiguous, validated arrays."""
+    n, c = x.shape[:2]
+    k = w.shape[0]
+    ho, wo = g.out_hw
+    p = ho * wo
+    y = np.empty((n, k, ho, wo), dtype=x.dtype)
+    w2 = w.reshape(k, -1)
+    if _is_dense(g):
+        np.matmul(x.reshape(n, -1), w2.T, out=y.reshape(n, k))
+        if b is not None:
+            y += b.reshape(1, k, 1, 1)
+        return y
+    if _is_pointwise(g):
+        np.matmul(w2, x.reshape(n, c, p), out=y.reshape(n, k, p))
+        if b is not None:
+            y += b.reshape(1, k, 1, 1)
+        return y
+
+    from cnncli.ops import _kernels as kern
+
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = g.kernel, g.stride, g.padding, g.dilation
+    groups = g.groups
+    r = c * kh * kw
+    nb = _chunk(n, r, p, x.itemsize)
+    cols_buf = np.empty(r * nb * p, dtype=x.dtype)
+    rows_buf = np.empty(k * nb * p, dtype=x.dtype) if nb > 1 else None
+    wg = w2.reshape(groups, k // groups, r // groups)
+    bias = b if b is not None else np.empty(0, dtype=x.dtype)
+    for n0 in range(0, n, nb):
+        m = min(nb, n - n0)
+        ln = m * p
+        cols = cols_buf[: r * ln].reshape(r, ln)
+        kern.im2col(x, n0, m, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, cols)
+        out = y[n0].reshape(k, p) if m == 1 else rows_buf[: k * ln].reshape(k, ln)
+        if groups == 1:
+            np.matmul(w2, cols, out=out)
+        else:
+            np.matmul(wg, cols.reshape(groups, -1, ln), out=out.reshape(groups, -1, ln))
+        if m == 1:
+            if b is not None:
+                out += b[:, None]
+        else:
+            kern.rows_to_nchw(out, bias, n0, m, y)
+    return y
+
+
+def _backward_core(x, dy, w, g: ConvGeometry, need_dx: bool, need_dw: bool):
+    """(dx, dw) of y = conv2d(x, w) given dy, for contiguous validated arrays.
+
+    ``x`` may be None when only dx is needed (its shape is then taken from ``g``).
+    """
+    n, k = dy.shape[:2]
+    c = w.shape[1] * g.groups
+    ho, wo = g.out_hw
+    h, wd = g.in_hw
+    p = ho * wo
+    w2 = w.reshape(k, -1)
+    dx = np.empty((n, c, h, wd), dtype=dy.dtype) if need_dx else None
+    dw = None
+
+    if _is_dense(g) or _is_pointwise(g):
+        dense = _is_dense(g)
+        d2 = dy.reshape(n, k) if dense else dy.reshape(n, k, p)
+        if need_dx:
+            if dense:
+                np.matmul(d2, w2, out=dx.reshape(n, -1))
+            else:
+                np.matmul(w2.T, d2, out=dx.reshape(n, c, p))
+        if need_dw:
+            if dense:
+                dw = (d2.T @ x.reshape(n, -1)).reshape(w.shape)
+            else:
+                dw = np.matmul(d2, x.reshape(n, c, p).transpose(0, 2, 1)).sum(axis=0)
+                dw = dw.reshape(w.shape)
+        return dx, dw
+
+    from cnncli.ops import _kernels as kern
+
+    (kh, kw), (sh, sw), (ph, pw), (dh, dwl) = g.kernel, g.stride, g.padding, g.dilation
+    groups = g.groups
+    r = c * kh * kw
+    kg, rg = k // groups, r // groups
+    wg = w2.reshape(groups, kg, rg)
+    nb = _chunk(n, r, p, dy.itemsize)
+    cols_buf = np.empty(r * nb * p, dtype=dy.dtype)
+    rows_buf = np.empty(k * nb * p, dtype=dy.dtype) if nb > 1 else None
+    if need_dw:
+        dw = np.zeros((groups, kg, rg), dtype=dy.dtype)
+        dw_tmp = np.empty_like(dw)
+    for n0 in range(0, n, nb):
+        m = min(nb, n - n0)
+        ln = m * p
+        if m == 1:
+            dyt = dy[n0].reshape(k, p)
+        else:
+            dyt = rows_buf[: k * ln].reshape(k, ln)
+            kern.nchw_to_rows(dy, n0, m, dyt)
+        cols = cols_buf[: r * ln].reshape(r, ln)
+        if need_dw:
+            kern.im2col(x, n0, m, kh, kw, sh, sw, ph, pw, dh, dwl, ho, wo, cols)
+            if groups == 1:
+                np.matmul(dyt, cols.T, out=dw_tmp[0])
+            else:
+                cg = cols.reshape(groups, rg, ln)
+                np.matmul(dyt.reshape(groups, kg, ln), cg.transpose(0, 2, 1), out=dw_tmp)
+            dw += dw_tmp
+        if need_dx:
+            if groups == 1:
+                np.matmul(w2.T, dyt, out=cols)
+            else:
+                np.matmul(
+                    wg.transpose(0, 2, 1),
+                    dyt.reshape(groups, kg, ln),
+                    out=cols.reshape(groups, rg, ln),
+                )
+            kern.col2im(cols, n0, m, kh, kw, sh, sw, ph, pw, dh, dwl, ho, wo, dx)
+    if need_dw:
+        dw = dw.reshape(w.shape)
+    return dx, dw
+
+
+# ---------------------------------------------------------------------------------------
+# conv2d
+# ---------------------------------------------------------------------------------------
+
+
+def conv2d_forward(
+    x: np.ndarray,
+    w: np.ndarray,
+    b: np.ndarray | None,
+    stride: int | Pair,
+    padding: int | Pair,
+    dilation: int | Pair = (1, 1),
+    groups: int = 1,
+) -> tuple[np.ndarray, ConvCache]:
+    """y [N, K, Ho, Wo] = conv2d(x [N, C, H, W], w [K, C/groups, kh, kw]) + b [K].
+
+    ``padding`` adds that many zero rows/columns on both sides. Output size per axis:
+    ``floor((H + 2p - d*(k-1) - 1) / s) + 1``. Output channel k reads the input channels of
+    group ``k // (K/groups)``. Returns a new contiguous array of x's dtype.
+    """
+    x, w = _check_arrays(x, w, b, "conv2d")
+    n, c, h, wd = x.shape
+    k, cg = w.shape[:2]
+    groups = int(groups)
+    if groups < 1 or c % groups or k % groups or cg * groups != c:
+        raise ShapeMismatchError(
+            f"conv2d: x has {c} channels, so w must be [K, {c}/groups={c // max(groups, 1)}, "
+            f"kh, kw] with K divisible by groups={groups}; got w {w.shape}, x {x.shape}"
+        )
+    if b is not None and b.shape != (k,):
+        raise ShapeMismatchError(f"conv2d: b must have shape ({k},); got {b.shape}")
+    g = _geometry((h, wd), w.shape, stride, padding, dilation, groups)
+    y = _forward_core(x, w, b, g)
+    return y, ConvCache(x, w, b is not None, g)
+
+
+def conv2d_backward(
+    dy: np.ndarray, cache: ConvCache, *, need_dx: bool = True
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
+    """(dx, dw, db) for L = sum(y * dy); dw and db are summed over the batch.
+
+    ``db`` is None when the forward pass had no bias. ``need_dx=False`` skips the input
+    gradient (the first layer of a network) and returns dx = None.
+    """
+    x, w, has_bias, g = cache
+    n, k = x.shape[0], w.shape[0]
+    dy = _check_dy(dy, (n, k, *g.out_hw), x.dtype, "conv2d_backward")
+    dx, dw = _backward_core(x, dy, w, g, need_dx, True)
+    db = dy.sum(axis=(0, 2, 3)) if has_bias else None
+    return dx, dw, db
+
+
+# ---------------------------------------------------------------------------------------
+# conv_transpose2d
+# ---------------------------------------------------------------------------------------
+
+
+def conv_transpose2d_forward(
+    x: np.ndarray,
+    w: np.ndarray,
+    b: np.ndarray | None,
+    stride: int | Pair,
+    padding: int | Pair,
+    output_padding: int | Pair = (0, 0),
+    dilation: int | Pair = (1, 1),
+    groups: int = 1,
+) -> tuple[np.ndarray, ConvTransposeCache]:
+    """y [N, C_out, Ho, Wo] = conv_transpose2d(x [N, C_in, H, W], w [C_in, C_out/groups, kh, kw]).
+
+    ``Ho = (H-1)*s - 2p + d*(kh-1) + output_padding + 1``. Every input pixel adds a weighted
+    copy of the kernel to the (uncropped) output, which is then cropped by ``padding`` on
+    each side. This is exactly the input gradient of ``conv2d(., w, s, p, d, groups)``.
+    """
+    x, w = _check_arrays(x, w, b, "conv_transpose2d")
+    n, c_in, h, wd = x.shape
+    groups = int(groups)
+    if groups < 1 or w.shape[0] != c_in or c_in % groups:
+        raise ShapeMismatchError(
+            f"conv_transpose2d: x has {c_in} channels, so w must be [{c_in}, C_out/groups, "
+            f"kh, kw] with {c_in} divisible by groups={groups}; got w {w.shape}"
+        )
+    c_out = w.shape[1] * groups
+    if b is not None and b.shape != (c_out,):
+        raise ShapeMismatchError(f"conv_transpose2d: b must have shape ({c_out},); got {b.shape}")
+    kh, kw = w.shape[2:]
+    s, p = _pair(stride, "stride"), _pair(padding, "padding")
+    d, op = _pair(dilation, "dilation"), _pair(output_padding, "output_padding")
+    ho = deconv_output_size(h, kh, s[0], p[0], op[0], d[0])
+    wo = deconv_output_size(wd, kw, s[1], p[1], op[1], d[1])
+    # The adjoint conv2d maps [N, C_out, ho, wo] -> [N, C_in, h, wd]. With output_padding
+    # it would produce one more row/column than x has; those output rows are never read.
+    g = ConvGeometry((kh, kw), s, p, d, groups, (ho, wo), (h, wd))
+    y, _ = _backward_core(None, x, w, g, True, False)
+    if b is not None:
+        y += b.reshape(1, c_out, 1, 1)
+    return y, ConvTransposeCache(x, w, b is not None, g)
+
+
+def conv_transpose2d_backward(
+    dy: np.ndarray, cache: ConvTransposeCache, *, need_dx: bool = True
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
+    """(dx, dw, db): ``dx = conv2d(dy, w, s, p, d, groups)`` and dw is conv2d's weight
+    gradient with dy as the input and x as the upstream gradient."""
+    x, w, has_bias, g = cache
+    n, c_out = x.shape[0], w.shape[1] * g.groups
+    dy = _check_dy(dy, (n, c_out, *g.in_hw), x.dtype, "conv_transpose2d_backward")
+    dx = _forward_core(dy, w, None, g) if need_dx else None
+    _, dw = _backward_core(dy, x, w, g, False, True)
+    db = dy.sum(axis=(0, 2, 3)) if has_bias else None
+    return dx, dw, db
