@@ -178,7 +178,7 @@ def warp_batch(
         return np.where(t > size, period - t, t)
 
     if interpolation == "nearest":
-        outside = (X < 0) | (Y < 0) | (X >= w) | (Y >= h)
+        outside = (X < 0) | (Y < 0) | (w <= X) | (h <= Y)
         if border == "reflect":
             X, Y = mirror(X, w), mirror(Y, h)
         xi = np.clip(np.floor(X).astype(np.int64), 0, w - 1)
@@ -232,20 +232,26 @@ def _luma(x: np.ndarray) -> np.ndarray:
     return (x[:, :3] * wts).sum(axis=1, keepdims=True)
 
 
-def _brightness(op: Op, x: np.ndarray, recs: Sequence[Mapping[str, Any]], ctx: _BatchContext) -> np.ndarray:
+def _brightness(
+    op: Op, x: np.ndarray, recs: Sequence[Mapping[str, Any]], ctx: _BatchContext
+) -> np.ndarray:
     k = _ncol(x)
     x[:, :k] = ctx.lo + (x[:, :k] - ctx.lo) * _factors(recs, "factor")
     return x
 
 
-def _contrast(op: Op, x: np.ndarray, recs: Sequence[Mapping[str, Any]], ctx: _BatchContext) -> np.ndarray:
+def _contrast(
+    op: Op, x: np.ndarray, recs: Sequence[Mapping[str, Any]], ctx: _BatchContext
+) -> np.ndarray:
     k = _ncol(x)
     mean = _luma(x).mean(axis=(1, 2, 3), keepdims=True)
     x[:, :k] = mean + _factors(recs, "factor") * (x[:, :k] - mean)
     return x
 
 
-def _saturation(op: Op, x: np.ndarray, recs: Sequence[Mapping[str, Any]], ctx: _BatchContext) -> np.ndarray:
+def _saturation(
+    op: Op, x: np.ndarray, recs: Sequence[Mapping[str, Any]], ctx: _BatchContext
+) -> np.ndarray:
     if x.shape[1] < 3:
         return x
     grey = _luma(x)
@@ -253,7 +259,9 @@ def _saturation(op: Op, x: np.ndarray, recs: Sequence[Mapping[str, Any]], ctx: _
     return x
 
 
-def _hue(op: Op, x: np.ndarray, recs: Sequence[Mapping[str, Any]], ctx: _BatchContext) -> np.ndarray:
+def _hue(
+    op: Op, x: np.ndarray, recs: Sequence[Mapping[str, Any]], ctx: _BatchContext
+) -> np.ndarray:
     if x.shape[1] < 3:
         return x
     rgb = np.clip((x[:, :3] - ctx.lo) / ctx.span, 0, 1).transpose(0, 2, 3, 1).astype(np.float64)
@@ -265,7 +273,9 @@ def _hue(op: Op, x: np.ndarray, recs: Sequence[Mapping[str, Any]], ctx: _BatchCo
     return x
 
 
-def _pca(op: Op, x: np.ndarray, recs: Sequence[Mapping[str, Any]], ctx: _BatchContext) -> np.ndarray:
+def _pca(
+    op: Op, x: np.ndarray, recs: Sequence[Mapping[str, Any]], ctx: _BatchContext
+) -> np.ndarray:
     if x.shape[1] < 3:
         return x
     to255 = 255.0 / ctx.span
@@ -280,7 +290,9 @@ def _pca(op: Op, x: np.ndarray, recs: Sequence[Mapping[str, Any]], ctx: _BatchCo
     return x
 
 
-def _noise(op: Op, x: np.ndarray, recs: Sequence[Mapping[str, Any]], ctx: _BatchContext) -> np.ndarray:
+def _noise(
+    op: Op, x: np.ndarray, recs: Sequence[Mapping[str, Any]], ctx: _BatchContext
+) -> np.ndarray:
     k = _ncol(x)
     _, _, h, w = x.shape
     scale = np.float32(op["sigma"] / 255.0 * ctx.span)
@@ -292,7 +304,9 @@ def _noise(op: Op, x: np.ndarray, recs: Sequence[Mapping[str, Any]], ctx: _Batch
     return x
 
 
-def _blur(op: Op, x: np.ndarray, recs: Sequence[Mapping[str, Any]], ctx: _BatchContext) -> np.ndarray:
+def _blur(
+    op: Op, x: np.ndarray, recs: Sequence[Mapping[str, Any]], ctx: _BatchContext
+) -> np.ndarray:
     sig = np.array([r["sigma"] for r in recs], dtype=np.float64)
     if not np.any(sig > 0):
         return x
@@ -321,7 +335,9 @@ def _blur(op: Op, x: np.ndarray, recs: Sequence[Mapping[str, Any]], ctx: _BatchC
     return x
 
 
-def _cutout(op: Op, x: np.ndarray, recs: Sequence[Mapping[str, Any]], ctx: _BatchContext) -> np.ndarray:
+def _cutout(
+    op: Op, x: np.ndarray, recs: Sequence[Mapping[str, Any]], ctx: _BatchContext
+) -> np.ndarray:
     k = _ncol(x)
     _, _, h, w = x.shape
     level = np.float32(ctx.level(op["fill"]))

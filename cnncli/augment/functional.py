@@ -209,38 +209,36 @@ def warp_affine_reference(
         t = t - period * np.floor(t / period)
         return np.where(t > size, period - t, t)
 
-    if interpolation == "nearest":
-        outside = (X < 0) | (Y < 0) | (X >= w) | (Y >= h)
-        if border == "reflect":
-            X, Y = mirror(X, float(w)), mirror(Y, float(h))
-        xi = np.clip(np.floor(X).astype(np.int64), 0, w - 1)
-        yi = np.clip(np.floor(Y).astype(np.int64), 0, h - 1)
-        vals = src[yi, xi]
-        if border == "constant":
-            vals = np.where(outside[..., None], fillv, vals)
-        return vals.astype(img.dtype)
-
     icov = np.full((oh, ow), frac, dtype=np.int64)
-    if border == "constant":
-        fw, fh = max(abs(a) + abs(b), 1e-12), max(abs(d) + abs(e), 1e-12)
-        cx = np.clip((X + 0.5 * fw) / fw, 0.0, 1.0) * np.clip((w - X + 0.5 * fw) / fw, 0.0, 1.0)
-        cy = np.clip((Y + 0.5 * fh) / fh, 0.0, 1.0) * np.clip((h - Y + 0.5 * fh) / fh, 0.0, 1.0)
+    if interpolation == "nearest":
+        if border == "constant":
+            outside = (X < 0) | (Y < 0) | (w <= X) | (h <= Y)
+            icov = np.where(outside, 0, frac)
+    elif border == "constant":
+        ifw = 1.0 / max(abs(a) + abs(b), 1e-12)
+        ifh = 1.0 / max(abs(d) + abs(e), 1e-12)
+        hw, hh = 0.5 / ifw, 0.5 / ifh
+        cx = np.clip((X + hw) * ifw, 0.0, 1.0) * np.clip((w - X + hw) * ifw, 0.0, 1.0)
+        cy = np.clip((Y + hh) * ifh, 0.0, 1.0) * np.clip((h - Y + hh) * ifh, 0.0, 1.0)
         icov = (cx * cy * frac + 0.5).astype(np.int64)
-    elif border == "reflect":
+    if border == "reflect":
         X, Y = mirror(X, float(w)), mirror(Y, float(h))
-    u = np.clip(X, 0.0, float(w)) - 0.5
-    v = np.clip(Y, 0.0, float(h)) - 0.5
-    fu, fv = np.floor(u), np.floor(v)
-    ix = ((u - fu) * frac + 0.5).astype(np.int64)[..., None]
-    iy = ((v - fv) * frac + 0.5).astype(np.int64)[..., None]
-    x0, y0 = fu.astype(np.int64), fv.astype(np.int64)
-    xa, xb = np.clip(x0, 0, w - 1), np.clip(x0 + 1, 0, w - 1)
-    ya, yb = np.clip(y0, 0, h - 1), np.clip(y0 + 1, 0, h - 1)
+    if interpolation == "nearest":
+        x0 = np.clip(X, 0.0, w - 1.0).astype(np.int64)
+        y0 = np.clip(Y, 0.0, h - 1.0).astype(np.int64)
+        ix = iy = np.zeros((oh, ow, 1), dtype=np.int64)
+    else:
+        u = np.clip(X - 0.5, 0.0, w - 1.0)
+        v = np.clip(Y - 0.5, 0.0, h - 1.0)
+        x0, y0 = u.astype(np.int64), v.astype(np.int64)
+        ix = ((u - x0) * frac + 0.5).astype(np.int64)[..., None]
+        iy = ((v - y0) * frac + 0.5).astype(np.int64)[..., None]
+    x1, y1 = np.minimum(x0 + 1, w - 1), np.minimum(y0 + 1, h - 1)
     acc = (
-        (frac - ix) * (frac - iy) * src[ya, xa]
-        + ix * (frac - iy) * src[ya, xb]
-        + (frac - ix) * iy * src[yb, xa]
-        + ix * iy * src[yb, xb]
+        (frac - ix) * (frac - iy) * src[y0, x0]
+        + ix * (frac - iy) * src[y0, x1]
+        + (frac - ix) * iy * src[y1, x0]
+        + ix * iy * src[y1, x1]
     )
     shift = 2 * bits
     plain = (acc + (1 << (shift - 1))) >> shift
@@ -325,7 +323,7 @@ def crop(img: np.ndarray, top: int, left: int, height: int, width: int) -> np.nd
     """The ``height`` x ``width`` patch at (top, left) (exact; must lie inside the image)."""
     img = _check(img)
     h, w = img.shape[:2]
-    if not (0 <= top and 0 <= left and 0 < height and 0 < width):
+    if not (top >= 0 and left >= 0 and height > 0 and width > 0):
         raise ValueError(f"bad crop box top={top} left={left} height={height} width={width}")
     if top + height > h or left + width > w:
         raise ValueError(f"crop box {height}x{width} at ({top}, {left}) exceeds the {h}x{w} image")
@@ -348,7 +346,9 @@ def resized_crop(
     return warp_affine(img, m, (out_h, out_w), interpolation=interpolation, border="edge")
 
 
-def resize(img: np.ndarray, out_h: int, out_w: int, *, interpolation: str = "bilinear") -> np.ndarray:
+def resize(
+    img: np.ndarray, out_h: int, out_w: int, *, interpolation: str = "bilinear"
+) -> np.ndarray:
     """Resize the whole image to ``out_h`` x ``out_w`` (box-reduced first when shrinking 2x+)."""
     h, w = img.shape[:2]
     return resized_crop(img, 0, 0, h, w, out_h, out_w, interpolation=interpolation)
@@ -629,9 +629,7 @@ def gaussian_blur(img: np.ndarray, sigma: float) -> np.ndarray:
     return out
 
 
-def cutout(
-    img: np.ndarray, boxes: Sequence[Sequence[int]], fill: float = 0
-) -> np.ndarray:
+def cutout(img: np.ndarray, boxes: Sequence[Sequence[int]], fill: float = 0) -> np.ndarray:
     """Paint each (top, left, height, width) box with ``fill`` (colour channels only).
 
     Boxes may stick out of the image; the part inside is painted.

@@ -21,9 +21,10 @@ half-written image and an interrupted run leaves no partial outputs.
 
 from __future__ import annotations
 
+import contextlib
 import io
+import itertools
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,7 +63,9 @@ class ImageMeta:
     warnings: list[str] = field(default_factory=list)
 
 
-def read_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, ImageMeta]:
+def read_image(
+    path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> tuple[np.ndarray, ImageMeta]:
     """Decode ``path`` into (pixels, meta); raises :class:`ImageReadError` for bad files."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -88,7 +91,7 @@ def read_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PI
                             "(Pillow cannot decode more)"
                         )
                 im.load()
-                im = ImageOps.exif_transpose(im) or im
+                ImageOps.exif_transpose(im, in_place=True)
                 pixels = _to_array(im, meta)
     except ImageReadError:
         raise
@@ -138,11 +141,13 @@ def _to_array(im: Any, meta: ImageMeta) -> np.ndarray:
     elif mode == "1":
         im = im.convert("L")
     elif mode in ("CMYK", "YCbCr", "LAB", "HSV", "RGBX"):
+        if mode != "RGBX":
+            meta.icc_profile = None  # a CMYK/Lab profile would mislabel the RGB output
         im = im.convert("RGB")
     elif mode in ("La", "RGBa"):
         im = im.convert(mode[:-1] + "A")
     elif mode.startswith("I;16") or mode == "I":
-        arr = np.asarray(im)
+        arr = np.array(im)
         if mode == "I" and (arr.min() < 0 or arr.max() > 65535):
             raise ImageReadError("32-bit integer image with values outside 0..65535")
         return np.ascontiguousarray(arr.astype(np.uint16))[:, :, None]
@@ -150,7 +155,7 @@ def _to_array(im: Any, meta: ImageMeta) -> np.ndarray:
         raise ImageReadError("32-bit float images are not supported")
     if im.mode not in ("L", "LA", "RGB", "RGBA"):
         raise ImageReadError(f"unsupported image mode {im.mode}")
-    arr = np.asarray(im)
+    arr = np.array(im)  # a writable copy (np.asarray of a Pillow image is read-only)
     if arr.ndim == 2:
         arr = arr[:, :, None]
     return np.ascontiguousarray(arr)
@@ -192,6 +197,31 @@ def to_pil(arr: np.ndarray) -> Any:
     return Image.fromarray(np.ascontiguousarray(data))  # L, LA, RGB or RGBA from the shape
 
 
+def to_palette(arr: np.ndarray, palette_image: Any) -> Any:
+    """Map RGB pixels onto the nearest colours of ``palette_image``'s palette (a "P" image).
+
+    Exact nearest neighbour in RGB (first entry on ties), computed once per distinct colour;
+    Pillow's own ``quantize(palette=...)`` uses a coarse colour cube and moves colours that are
+    in the palette. Unchanged pixels therefore keep their original index.
+    """
+    from PIL import Image
+
+    pal = np.array(palette_image.getpalette() or [0, 0, 0], dtype=np.int32).reshape(-1, 3)
+    rgb = arr.reshape(-1, 3).astype(np.int32)
+    packed = (rgb[:, 0] << 16) | (rgb[:, 1] << 8) | rgb[:, 2]
+    uniq, inverse = np.unique(packed, return_inverse=True)
+    colours = np.stack([uniq >> 16, (uniq >> 8) & 255, uniq & 255], axis=1)
+    nearest = np.empty(len(uniq), dtype=np.uint8)
+    for start in range(0, len(uniq), 4096):
+        block = colours[start : start + 4096]
+        dist = ((block[:, None, :] - pal[None, :, :]) ** 2).sum(axis=2)
+        nearest[start : start + 4096] = dist.argmin(axis=1)
+    index = np.ascontiguousarray(nearest[inverse.reshape(-1)])
+    out = Image.frombytes("P", (arr.shape[1], arr.shape[0]), index.tobytes())
+    out.putpalette(palette_image.getpalette() or [0, 0, 0])
+    return out
+
+
 def encode_image(
     arr: np.ndarray, meta: ImageMeta, fmt: str, *, quality: int = 95, png_level: int = 1
 ) -> bytes:
@@ -202,11 +232,10 @@ def encode_image(
         arr = _flatten_alpha(arr)
     if fmt in ("JPEG", "BMP") and arr.shape[2] == 2:
         arr = _flatten_alpha(arr)
-    im = to_pil(arr)
-    if meta.palette is not None and fmt in ("PNG", "BMP", "TIFF") and im.mode == "RGB":
-        from PIL import Image
-
-        im = im.quantize(palette=meta.palette, dither=Image.Dither.NONE)
+    if meta.palette is not None and fmt in ("PNG", "BMP", "TIFF") and arr.shape[2] == 3:
+        im = to_palette(arr, meta.palette)
+    else:
+        im = to_pil(arr)
     kwargs: dict[str, Any] = {}
     if meta.icc_profile and fmt in ("JPEG", "PNG", "TIFF", "WEBP"):
         kwargs["icc_profile"] = meta.icc_profile
@@ -224,29 +253,28 @@ def encode_image(
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
+    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``.
+
+    The temporary name is hidden (``.cnnaug-<pid>-<n>-<name>.tmp``) and created with
+    ``O_EXCL``; permissions follow the umask like any new file.
+    """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=path.parent)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    while True:
+        tmp = path.parent / f"{TEMP_PREFIX}{os.getpid()}-{next(_COUNTER)}-{path.name}{TEMP_SUFFIX}"
+        try:
+            fd = os.open(tmp, flags, 0o666)
+            break
+        except FileExistsError:  # left over by a killed process that had our pid
+            continue
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
-        os.chmod(tmp, 0o644 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
         raise
 
 
-_UMASK: int | None = None
-
-
-def _umask() -> int:
-    global _UMASK
-    if _UMASK is None:
-        current = os.umask(0)
-        os.umask(current)
-        _UMASK = current
-    return _UMASK
+_COUNTER = itertools.count()

@@ -120,7 +120,9 @@ class Pipeline:
         try:
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
-            raise PipelineError(f"cannot read pipeline file {path}: {exc.strerror or exc}") from None
+            raise PipelineError(
+                f"cannot read pipeline file {path}: {exc.strerror or exc}"
+            ) from None
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
@@ -224,7 +226,9 @@ def _merge_settings(have: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]
     return out
 
 
-def _warp_run(img: np.ndarray, steps: Sequence[tuple[Op, Mapping[str, Any]]], settings: dict) -> np.ndarray:
+def _warp_run(
+    img: np.ndarray, steps: Sequence[tuple[Op, Mapping[str, Any]]], settings: dict
+) -> np.ndarray:
     shape: Shape = tuple(img.shape)  # type: ignore[assignment]
     in_shape = shape
     matrix = np.eye(3)
@@ -249,7 +253,12 @@ def _exact_slices(matrix: np.ndarray, in_shape: Shape, out_shape: Shape) -> tupl
     x0 = int(tx) if a > 0 else int(tx) - 1
     y0 = int(ty) if e > 0 else int(ty) - 1
     x_last, y_last = x0 + int(a) * (ow - 1), y0 + int(e) * (oh - 1)
-    if not (0 <= min(x0, x_last) and max(x0, x_last) < w and 0 <= min(y0, y_last) and max(y0, y_last) < h):
+    if not (
+        min(x0, x_last) >= 0
+        and max(x0, x_last) < w
+        and min(y0, y_last) >= 0
+        and max(y0, y_last) < h
+    ):
         return None
 
     def sl(start: int, step: int, n: int) -> slice:
@@ -276,10 +285,8 @@ def _lut_run(
                 hist = F.channel_histograms(img)
             context["mean"] = F.luminance_mean_from_histograms(hist, pending)
         table = op.luts(rec, channels, top, context)  # type: ignore[attr-defined]
-        if pending is None:
-            pending = table
-        else:
-            pending = np.take_along_axis(table, pending, axis=1)
+        # Compose: the new table applied after the pending one.
+        pending = table if pending is None else np.take_along_axis(table, pending, axis=1)
     return img if pending is None else F.apply_luts(img, pending)
 
 

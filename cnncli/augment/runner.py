@@ -14,11 +14,13 @@ byte-identical files whatever the number of workers or the order they finish in.
 The output folder receives ``manifest.csv`` and ``manifest.jsonl`` (one row per output: its
 source and the exact sampled parameters of every op) and ``pipeline.yaml`` (the pipeline and
 seed; PCA folder eigenvectors filled in): enough to reproduce any output. Sources are only ever
-opened for reading; outputs are written atomically.
+opened for reading; outputs are written atomically. After Ctrl-C the pool is terminated,
+temporary files are removed and the manifests list the sources that finished.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import errno
 import hashlib
@@ -63,7 +65,7 @@ class RunSettings:
 
     n: int = 1  # outputs per input
     seed: int = 0
-    workers: int | None = None  # processes; None: os.cpu_count()
+    workers: int | None = None  # processes; None: every core this process may use
     out_format: str = "keep"  # keep | png | jpg
     quality: int = 95  # JPEG / WebP quality
     png_level: int = 1  # zlib level 0..9: 1 is about 3x faster than Pillow's 6, ~10% larger
@@ -75,7 +77,10 @@ class RunSettings:
         checks = [
             (self.n >= 1, f"-n must be at least 1, got {self.n}"),
             (self.seed >= 0, f"--seed must be non-negative, got {self.seed}"),
-            (self.workers is None or self.workers >= 1, f"--workers must be >= 1, got {self.workers}"),
+            (
+                self.workers is None or self.workers >= 1,
+                f"--workers must be >= 1, got {self.workers}",
+            ),
             (self.out_format in FORMATS, f"--format must be one of {', '.join(FORMATS)}"),
             (1 <= self.quality <= 100, f"--quality must be in 1..100, got {self.quality}"),
             (0 <= self.png_level <= 9, f"--png-level must be in 0..9, got {self.png_level}"),
@@ -150,9 +155,24 @@ class Summary:
 # --------------------------------------------------------------------------- planning
 
 
-def output_rng(seed: int, rel: str, index: int) -> np.random.Generator:
+def default_workers() -> int:
+    """Cores this process may run on (the affinity mask in containers), else the CPU count."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def path_key(rel: str) -> tuple[int, ...]:
+    """Four uint32 words from sha256 of a relative path: its part of the seed's spawn key."""
+    return struct.unpack("<4I", hashlib.sha256(rel.encode("utf-8")).digest()[:16])
+
+
+def output_rng(
+    seed: int, rel: str, index: int, key: tuple[int, ...] | None = None
+) -> np.random.Generator:
     """The generator for output ``index`` of source ``rel`` (see the module docstring)."""
-    words = struct.unpack("<4I", hashlib.sha256(rel.encode("utf-8")).digest()[:16])
+    words = path_key(rel) if key is None else key
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(*words, index)))
 
 
@@ -181,7 +201,9 @@ def discover(src: Path, summary: Summary) -> list[Source]:
     """Image files under ``src`` in sorted order; loops and unreadable folders go to ``skipped``."""
     if src.is_file():
         if src.suffix.lower() not in IMAGE_EXTENSIONS:
-            raise DataError(f"not an image file name ({', '.join(sorted(IMAGE_EXTENSIONS))}): {src}")
+            raise DataError(
+                f"not an image file name ({', '.join(sorted(IMAGE_EXTENSIONS))}): {src}"
+            )
         return [Source(src, src.name)]
     found: list[Source] = []
     visited: set[tuple[int, int]] = set()
@@ -215,7 +237,8 @@ def discover(src: Path, summary: Summary) -> list[Source]:
                 if exc.errno == errno.ELOOP:
                     summary.skipped.append(Problem(child, "symlink loop"))
                     continue
-                is_dir = False  # a dangling link: treated as a file, fails if it looks like an image
+                # A dangling link: treated as a file, so it fails if it looks like an image.
+                is_dir = False
             if is_dir:
                 walk(Path(entry.path), child)
             elif Path(entry.name).suffix.lower() in IMAGE_EXTENSIONS:
@@ -268,8 +291,11 @@ _CTX: _Context | None = None
 
 
 def _init_worker(ctx: _Context) -> None:
+    import signal
+
     global _CTX
     _CTX = ctx
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
 
 
 def _work(source: Source) -> SourceResult:
@@ -293,14 +319,17 @@ def process_source(source: Source, ctx: _Context) -> SourceResult:
     try:
         if source.outputs:
             (ctx.out_root / source.outputs[0]).parent.mkdir(parents=True, exist_ok=True)
+        key = path_key(source.rel)
         for index, out_rel in enumerate(source.outputs):
-            rng = output_rng(st.seed, source.rel, index)
+            rng = output_rng(st.seed, source.rel, index, key)
             records = ctx.pipeline.sample(rng, shape)  # type: ignore[arg-type]
             img = ctx.pipeline.apply(pixels, records)
             data = encode_image(img, meta, fmt, quality=st.quality, png_level=st.png_level)
             write_atomic(ctx.out_root / out_rel, data)
             result.records.append(
-                OutputRecord(out_rel, source.rel, index, int(img.shape[1]), int(img.shape[0]), records)
+                OutputRecord(
+                    out_rel, source.rel, index, int(img.shape[1]), int(img.shape[0]), records
+                )
             )
     except OSError as exc:
         result.failure = f"cannot write output: {exc.strerror or exc}"
@@ -327,7 +356,9 @@ def _dry_check(source: Source, max_pixels: int) -> str | None:
     return None
 
 
-def folder_eigen(sources: list[Source], max_pixels: int, per_image: int = 65536) -> tuple[list[float], list[list[float]]]:
+def folder_eigen(
+    sources: list[Source], max_pixels: int, per_image: int = 65536
+) -> tuple[list[float], list[list[float]]]:
     """Eigenvalues/vectors of the RGB covariance over every readable colour image.
 
     Each image contributes at most about ``per_image`` pixels (a regular subsample), in
@@ -364,7 +395,11 @@ def folder_eigen(sources: list[Source], max_pixels: int, per_image: int = 65536)
 
 def with_folder_eigen(pipeline: Pipeline, sources: list[Source], max_pixels: int) -> Pipeline:
     """The pipeline with eigvals/eigvecs filled in for every ``pca`` op with ``eigen: folder``."""
-    needs = [op for op in pipeline.ops if isinstance(op, Pca) and op["eigen"] == "folder" and not op["eigvals"]]
+    needs = [
+        op
+        for op in pipeline.ops
+        if isinstance(op, Pca) and op["eigen"] == "folder" and not op["eigvals"]
+    ]
     if not needs:
         return pipeline
     vals, vecs = folder_eigen(sources, max_pixels)
@@ -392,7 +427,7 @@ def run(
     t0 = time.perf_counter()
     src_path, out_path = Path(src), Path(out)
     check_paths(src_path, out_path, overwrite=settings.overwrite)
-    workers = settings.workers or os.cpu_count() or 1
+    workers = settings.workers or default_workers()
     summary = Summary(
         input=str(src_path),
         output=str(out_path),
@@ -403,8 +438,13 @@ def run(
         dry_run=settings.dry_run,
     )
     sources = discover(src_path, summary)
+    if not sources:
+        exts = ", ".join(sorted(IMAGE_EXTENSIONS))
+        raise DataError(f"no image files ({exts}) under {src_path}")
     name_outputs(sources, settings.n, settings.out_format)
     summary.sources = len(sources)
+    if progress:
+        progress(0, len(sources), "")
 
     if settings.dry_run:
         for i, s in enumerate(sources, 1):
@@ -444,9 +484,17 @@ def run(
                     if progress:
                         progress(i, len(sources), res.source)
     except KeyboardInterrupt:
+        # Workers are gone (the pool terminates them); keep what finished, drop half-writes.
         _remove_temp_files(out_path)
+        _finish(summary, results, out_path, pipeline)
         raise
+    _finish(summary, results, out_path, pipeline)
+    summary.seconds = time.perf_counter() - t0
+    return summary
 
+
+def _finish(summary: Summary, results: list[SourceResult], out: Path, pipeline: Pipeline) -> None:
+    """Fill the summary and write the manifests and pipeline file for the finished sources."""
     results.sort(key=lambda r: r.source)
     records: list[OutputRecord] = []
     for res in results:
@@ -455,10 +503,8 @@ def run(
             summary.failed.append(Problem(res.source, res.failure))
         summary.warnings.extend(Problem(res.source, w) for w in res.warnings)
     summary.done = len(records)
-    write_manifests(out_path, records)
-    pipeline.save(out_path / PIPELINE_FILE)
-    summary.seconds = time.perf_counter() - t0
-    return summary
+    write_manifests(out, records)
+    pipeline.save(out / PIPELINE_FILE)
 
 
 def write_manifests(out: Path, records: list[OutputRecord]) -> None:
@@ -470,7 +516,17 @@ def write_manifests(out: Path, records: list[OutputRecord]) -> None:
     for r in records:
         ops = json.dumps(r.ops, separators=(",", ":"))
         writer.writerow([r.output, r.source, r.index, r.width, r.height, ops])
-        lines.append(json.dumps(asdict(r), separators=(",", ":")))
+        head = json.dumps(
+            {
+                "output": r.output,
+                "source": r.source,
+                "index": r.index,
+                "width": r.width,
+                "height": r.height,
+            },
+            separators=(",", ":"),
+        )
+        lines.append(f'{head[:-1]},"ops":{ops}}}')
     write_atomic(out / MANIFEST_CSV, buf.getvalue().encode("utf-8"))
     write_atomic(out / MANIFEST_JSONL, ("\n".join(lines) + ("\n" if lines else "")).encode("utf-8"))
 
@@ -479,10 +535,8 @@ def _remove_temp_files(out: Path) -> None:
     for root, _dirs, files in os.walk(out):
         for name in files:
             if name.startswith(TEMP_PREFIX):
-                try:
+                with contextlib.suppress(OSError):
                     os.unlink(os.path.join(root, name))
-                except OSError:
-                    pass
 
 
 def read_manifest(out: str | os.PathLike[str]) -> list[dict[str, Any]]:

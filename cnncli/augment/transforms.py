@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -164,9 +164,7 @@ BORDER = Param(
     "what fills areas from outside the image: constant (fill), edge (repeat), reflect (mirror)",
     choices=tuple(F.BORDERS),
 )
-FILL = Param(
-    "fill", "int", 0, "grey level 0..255 for border=constant (alpha becomes 0)", 0, 255
-)
+FILL = Param("fill", "int", 0, "grey level 0..255 for border=constant (alpha becomes 0)", 0, 255)
 
 
 # --------------------------------------------------------------------------- op base classes
@@ -327,7 +325,9 @@ def _uniform(rng: np.random.Generator, low: float, high: float) -> float:
 class Flip(GeometricOp):
     name = "flip"
     summary = "mirror the image (reflection); horizontal by default"
-    params = (Param("axis", "choice", "horizontal", "mirror axis", choices=("horizontal", "vertical")),)
+    params = (
+        Param("axis", "choice", "horizontal", "mirror axis", choices=("horizontal", "vertical")),
+    )
     primary = "axis"
     default_p = 0.5
 
@@ -710,11 +710,21 @@ def describe_ops() -> list[dict[str, Any]]:
     rows = []
     for name, cls in OPS.items():
         params = [
-            {"name": "p", "default": cls.default_p, "allowed": P_PARAM.describe(), "help": P_PARAM.help}
+            {
+                "name": "p",
+                "default": cls.default_p,
+                "allowed": P_PARAM.describe(),
+                "help": P_PARAM.help,
+            }
         ]
         for prm in cls.params:
             params.append(
-                {"name": prm.name, "default": prm.default, "allowed": prm.describe(), "help": prm.help}
+                {
+                    "name": prm.name,
+                    "default": prm.default,
+                    "allowed": prm.describe(),
+                    "help": prm.help,
+                }
             )
         rows.append(
             {

@@ -101,9 +101,13 @@ def augment(
         _render_ops(as_json)
         return
 
-    given = [name for name, v in (("--ops", ops), ("--pipeline", pipeline), ("--preset", preset)) if v]
+    given = [
+        name for name, v in (("--ops", ops), ("--pipeline", pipeline), ("--preset", preset)) if v
+    ]
     if len(given) > 1:
-        raise CnnError(f"give only one of --ops, --pipeline and --preset (got {' and '.join(given)})")
+        raise CnnError(
+            f"give only one of --ops, --pipeline and --preset (got {' and '.join(given)})"
+        )
     if ops is not None:
         pipe = parse_ops(ops)
     elif pipeline is not None:

@@ -97,11 +97,11 @@ class _Progress:
 def train(
     arch: Annotated[Path | None, typer.Option("--arch", "-a", help="Architecture YAML file.")] = None,
     data: Annotated[Path | None, typer.Option(help="MNIST IDX folder, image folder or .npz "
-                                              "[default: sample_data/mnist].")] = None,
-    epochs: Annotated[int | None, typer.Option(help="Epochs [default: 20].")] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Batch size [default: 64].")] = None,
-    optimizer: Annotated[str | None, typer.Option(help="sgd, adam, adamw or rmsprop [default: sgd].")] = None,
-    lr: Annotated[float | None, typer.Option(help="Learning rate [default: 0.05].")] = None,
+                                              "(default: sample_data/mnist).")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs (default: 20).")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Batch size (default: 64).")] = None,
+    optimizer: Annotated[str | None, typer.Option(help="sgd, adam, adamw or rmsprop (default: sgd).")] = None,
+    lr: Annotated[float | None, typer.Option(help="Learning rate (default: 0.05).")] = None,
     momentum: Annotated[float | None, typer.Option(help="Momentum (sgd 0.9, rmsprop 0).")] = None,
     nesterov: Annotated[bool | None, typer.Option("--nesterov/--no-nesterov", help="Nesterov momentum (sgd).")] = None,
     weight_decay: Annotated[float | None, typer.Option("--weight-decay", help="L2 / decoupled weight decay.")] = None,
@@ -112,7 +112,7 @@ def train(
     patience: Annotated[int | None, typer.Option(help="Early stopping patience in epochs (0: off).")] = None,
     augment: Annotated[str | None, typer.Option(help="On-the-fly augmentation: pipeline YAML, preset or ops.")] = None,
     config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML file of training settings.")] = None,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder [default: runs/<spec>-<time>].")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder (default: runs/<spec>-<time>).")] = None,
     resume: Annotated[Path | None, typer.Option(help="Continue the run in this folder (or checkpoint).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace a run already in --out.")] = False,
     format: Annotated[OutputFormat, typer.Option("--format", "-f", help="table or json (one object on stdout).")] = OutputFormat.table,
@@ -137,12 +137,18 @@ def train(
         data_path = data or DEFAULT_DATA
         out_dir = out or Path("runs") / f"{arch.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     else:
-        given = [k for k, v in flags.items() if v is not None and k != "epochs"]
-        if given or arch or config:
-            raise CnnError("--resume continues a run with its saved settings; only --epochs "
-                           f"may be given (got {', '.join(given + (['--arch'] if arch else []))})")
-        spec, cfg, out_dir = None, TrainConfig(), Path(".")
+        given = [f"--{k.replace('_', '-')}" for k, v in flags.items()
+                 if v is not None and k != "epochs"]
+        given += [name for name, v in (("--arch", arch), ("--config", config), ("--out", out))
+                  if v is not None]
+        if given:
+            raise CnnError("--resume continues a run in its own folder with its saved settings; "
+                           f"only --epochs and --data may be given (got {', '.join(given)})")
+        spec, cfg = None, TrainConfig()
         data_path = data
+        from cnncli.train.loop import resolve_checkpoint
+
+        out_dir = resolve_checkpoint(resume, "last").parent.parent
     progress = _Progress(quiet or format is OutputFormat.json and not stderr.is_terminal)
     try:
         if resume is not None and data_path is None:
@@ -155,8 +161,14 @@ def train(
                            overwrite=overwrite, on_event=progress)
     except KeyboardInterrupt:
         progress.close()
-        warn(f"interrupted: the last completed epoch's checkpoint is kept; continue with "
-             f"cnn train --resume {resume or out_dir}")
+        if (out_dir / "checkpoints" / "last.npz").exists():
+            warn("interrupted: the last completed epoch's checkpoint is kept; continue with "
+                 f"cnn train --resume {out_dir}")
+        elif (out_dir / "config.yaml").exists():
+            warn(f"interrupted before the first epoch ended: nothing to resume in {out_dir} "
+                 "(start again with --overwrite)")
+        else:
+            warn("interrupted before the first epoch ended: nothing was saved")
         raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
     finally:
         progress.close()
@@ -166,7 +178,8 @@ def train(
         return
     test = summary["test_accuracy"]
     stdout.print(
-        f"done: {summary['epochs']} epochs, "
+        f"done: {summary['epochs']} epochs"
+        + (" (stopped early: no improvement)" if summary["stopped_early"] else "") + ", "
         + (f"test accuracy {test:.2%} (loss {summary['test_loss']:.4f}), " if test is not None
            else "")
         + f"{summary['train_images_per_second']:,.0f} training images/s\n"
@@ -178,7 +191,7 @@ def train(
 @handle_errors
 def evaluate(
     checkpoint: Annotated[Path, typer.Argument(help="Run folder (uses its best checkpoint) or .npz.")],
-    data: Annotated[Path | None, typer.Option(help="Dataset [default: the one trained on].")] = None,
+    data: Annotated[Path | None, typer.Option(help="Dataset (default: the one trained on).")] = None,
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="k for top-k accuracy.")] = 5,
     confusion_csv: Annotated[Path | None, typer.Option(help="Write the confusion matrix as CSV.")] = None,
     confusion_png: Annotated[Path | None, typer.Option(help="Write the confusion matrix as PNG.")] = None,
@@ -225,7 +238,9 @@ def evaluate(
         t.add_row(r["class"], f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['f1']:.3f}",
                   str(r["support"]))
     stdout.print(t)
-    cm = Table(title="confusion matrix (rows: true, columns: predicted)", title_justify="left")
+    # The title goes on its own line: as a table title it would wrap to a narrow table's width.
+    stdout.print("confusion matrix (rows: true class, columns: predicted)", highlight=False)
+    cm = Table()
     cm.add_column("")
     for c in classes:
         cm.add_column(c, justify="right")
@@ -248,6 +263,8 @@ def predict(
     from cnncli.train.predict import expand_paths, predict_images
 
     items = list(images or [])
+    if not items and sys.stdin.isatty():
+        raise CnnError("no images given (pass files or folders, or - to read paths from stdin)")
     if not items or items == ["-"]:
         items = [line.strip() for line in sys.stdin if line.strip()]
     if not items:
@@ -257,7 +274,9 @@ def predict(
     for r in failed:
         warn(r["error"])
     if format is OutputFormat.json:
-        write_stdout("".join(json.dumps(r) + "\n" for r in results if "error" not in r) or "")
+        lines = "".join(json.dumps(r) + "\n" for r in results if "error" not in r)
+        if lines:
+            write_stdout(lines)
     else:
         from rich.table import Table
 

@@ -1,13 +1,17 @@
 """Numba kernels behind the fast ops (imported lazily by the functions that need them).
 
-Every kernel is a plain loop nest over NCHW arrays, compiled once per dtype and cached on
-disk (``cache=True``). Two conventions keep LLVM's vectoriser happy:
+Every kernel is a plain loop nest over contiguous NCHW arrays, compiled once per dtype and
+cached on disk (``cache=True``), and releases the GIL (``nogil``).
 
 * Arrays are indexed through flat 1-D views with ``uint64`` indices. Numba has to allow
   negative (wrap-around) indices for signed ones, which makes the address non-affine, and
   LLVM then emits AVX-512 gathers and scatters that run far slower than plain loads.
-* Work is split over independent output planes (``prange`` over ``(n, c)`` or over
-  im2col rows), so no two threads ever write the same element and no atomics are needed.
+* The kernels are serial on purpose. They run between OpenBLAS GEMMs, whose worker
+  threads keep spinning for a while after each call; Numba's ``parallel=True`` (OpenMP
+  layer) then fights them for the cores, and a conv+pool step measured ~20x slower than
+  with serial kernels on a 2-core machine. The GEMMs use both cores.
+* Comparisons that must not branch (max pooling) use ``|`` instead of ``or``, so that
+  LLVM can turn them into selects.
 
 Geometry arguments follow conv/pool: ``sh, sw`` stride, ``ph, pw`` padding (zeros for conv,
 excluded for pooling), ``dh, dw`` dilation, ``Ho, Wo`` output size.
@@ -16,7 +20,7 @@ excluded for pooling), ``dh, dw`` dilation, ``Ho, Wo`` output size.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 from numba import uint64 as _u
 
 _OPTS = {"cache": True, "nogil": True}
@@ -112,11 +116,11 @@ def col2im(cols, n0, nb, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, dx):
 
 
 @njit(**_OPTS)
-def rows_to_nchw(rows, b, n0, nb, y):
-    """y[n0+n, k, p] = rows[k, n*P + p] (+ b[k] when b has K entries, else nothing)."""
+def rows_to_nchw(rows, b, n0, nb, wr, y):
+    """y[n0+n, k, i, j] = rows[k, (n*Ho + i)*wr + j] (+ b[k] when b has K entries) for
+    j < Wo: the GEMM output back to NCHW, dropping the ``wr - Wo`` wide columns."""
     N, K, Ho, Wo = y.shape
-    P = Ho * Wo
-    L = nb * P
+    L = nb * Ho * wr
     rf = rows.reshape(-1)
     yf = y.reshape(-1)
     has_b = b.shape[0] == K
@@ -124,27 +128,235 @@ def rows_to_nchw(rows, b, n0, nb, y):
         n = t // K
         k = t - n * K
         bk = b[k] if has_b else 0
-        src = k * L + n * P
-        dst = ((n0 + n) * K + k) * P
-        for p in range(P):
-            yf[_u(dst + p)] = rf[_u(src + p)] + bk
+        for i in range(Ho):
+            src = k * L + (n * Ho + i) * wr
+            dst = (((n0 + n) * K + k) * Ho + i) * Wo
+            for j in range(Wo):
+                yf[_u(dst + j)] = rf[_u(src + j)] + bk
 
 
 @njit(**_OPTS)
-def nchw_to_rows(y, n0, nb, rows):
-    """rows[k, n*P + p] = y[n0+n, k, p]: the inverse layout change of rows_to_nchw."""
+def nchw_to_rows(y, n0, nb, wr, rows):
+    """The inverse of rows_to_nchw; the wide columns j >= Wo are set to zero."""
     N, K, Ho, Wo = y.shape
-    P = Ho * Wo
-    L = nb * P
+    L = nb * Ho * wr
     rf = rows.reshape(-1)
     yf = y.reshape(-1)
     for t in range(nb * K):
         n = t // K
         k = t - n * K
-        dst = k * L + n * P
-        src = ((n0 + n) * K + k) * P
-        for p in range(P):
-            rf[_u(dst + p)] = yf[_u(src + p)]
+        for i in range(Ho):
+            dst = k * L + (n * Ho + i) * wr
+            src = (((n0 + n) * K + k) * Ho + i) * Wo
+            for j in range(Wo):
+                rf[_u(dst + j)] = yf[_u(src + j)]
+            for j in range(Wo, wr):
+                rf[_u(dst + j)] = 0
+
+
+# ---------------------------------------------------------------------------------------
+# "Wide" im2col for stride 1. On a zero-padded input of width Wp, output pixel (i, j) and
+# tap (u, v) read xp[i + u*dh, j + v*dw]; flattening (i, j) over the full padded width
+# (j < Wp instead of j < Wo) turns each column-matrix row into ONE contiguous copy of
+# Ho*Wp values starting at offset u*dh*Wp + v*dw. The extra Wp - Wo "wide" columns are
+# garbage that the GEMM carries along and rows_to_nchw drops; in the backward pass they
+# are zero in dY, so they add nothing to dW or dx.
+# ---------------------------------------------------------------------------------------
+
+
+@njit(**_OPTS)
+def pad_chunk(x, n0, nb, ph, pw, xp):
+    """xp[n] = x[n0 + n] with ph/pw zero rows/columns on each side, n < nb."""
+    N, C, H, W = x.shape
+    Hp, Wp = xp.shape[2], xp.shape[3]
+    xf = x.reshape(-1)
+    pf = xp.reshape(-1)
+    for t in range(nb * C):
+        src = (n0 * C + t) * H * W
+        dst = t * Hp * Wp
+        for q in range(ph * Wp):
+            pf[_u(dst + q)] = 0
+        for h in range(H):
+            row = dst + (h + ph) * Wp
+            for q in range(pw):
+                pf[_u(row + q)] = 0
+            for q in range(W):
+                pf[_u(row + pw + q)] = xf[_u(src + h * W + q)]
+            for q in range(pw + W, Wp):
+                pf[_u(row + q)] = 0
+        for q in range((ph + H) * Wp, Hp * Wp):
+            pf[_u(dst + q)] = 0
+
+
+@njit(**_OPTS)
+def crop_chunk(dxp, nb, ph, pw, n0, dx):
+    """dx[n0 + n] = dxp[n, :, ph:ph+H, pw:pw+W], n < nb: the inverse of pad_chunk."""
+    N, C, H, W = dx.shape
+    Hp, Wp = dxp.shape[2], dxp.shape[3]
+    df = dx.reshape(-1)
+    pf = dxp.reshape(-1)
+    for t in range(nb * C):
+        dst = (n0 * C + t) * H * W
+        src = t * Hp * Wp + ph * Wp + pw
+        for h in range(H):
+            for q in range(W):
+                df[_u(dst + h * W + q)] = pf[_u(src + h * Wp + q)]
+
+
+@njit(**_OPTS)
+def im2col_wide(xp, n0, nb, kh, kw, dh, dw, Ho, cols):
+    """cols[(c*kh + u)*kw + v, n*Ho*Wp + q] = xp_flat[n0 + n, c, u*dh*Wp + v*dw + q]."""
+    N, C, Hp, Wp = xp.shape
+    Q = Ho * Wp
+    L = nb * Q
+    plane = Hp * Wp
+    xf = xp.reshape(-1)
+    cf = cols.reshape(-1)
+    for c in range(C):
+        for u in range(kh):
+            for v in range(kw):
+                r = (c * kh + u) * kw + v
+                off = u * dh * Wp + v * dw
+                ln = min(Q, plane - off)  # the last wide columns would run off the plane
+                for n in range(nb):
+                    s0 = ((n0 + n) * C + c) * plane + off
+                    d = r * L + n * Q
+                    for q in range(ln):
+                        cf[_u(d + q)] = xf[_u(s0 + q)]
+                    for q in range(ln, Q):
+                        cf[_u(d + q)] = 0
+
+
+@njit(**_OPTS)
+def col2im_wide(cols, n0, nb, kh, kw, dh, dw, Ho, dxp):
+    """Adjoint of im2col_wide: overwrite images n0..n0+nb-1 of dxp with the sums."""
+    N, C, Hp, Wp = dxp.shape
+    Q = Ho * Wp
+    L = nb * Q
+    plane = Hp * Wp
+    df = dxp.reshape(-1)
+    cf = cols.reshape(-1)
+    for t in range(nb * C):
+        n = t // C
+        c = t - n * C
+        base = ((n0 + n) * C + c) * plane
+        for q in range(plane):
+            df[_u(base + q)] = 0
+        for u in range(kh):
+            for v in range(kw):
+                r = (c * kh + u) * kw + v
+                off = u * dh * Wp + v * dw
+                ln = min(Q, plane - off)
+                s0 = r * L + n * Q
+                d = base + off
+                for q in range(ln):
+                    df[_u(d + q)] += cf[_u(s0 + q)]
+
+
+# ---------------------------------------------------------------------------------------
+# Direct convolution (stride 1, no groups) for layers with few output channels, where a
+# GEMM with M = K rows runs far below peak (LeNet's first layer: K = 6). Same wide layout
+# as above. The weight gradient computes four output channels per pass over the image,
+# with weights packed as wpk[kb, r, e] = w[4*kb + e, r] (zero beyond K).
+# ---------------------------------------------------------------------------------------
+
+
+@njit(inline="always")
+def _pad_image(xf, base, C, H, W, ph, pw, pf):
+    """pf[c, ph:ph+H, pw:pw+W] = x image at flat offset base; zeros elsewhere."""
+    Hp, Wp = H + 2 * ph, W + 2 * pw
+    for q in range(C * Hp * Wp):
+        pf[_u(q)] = 0
+    for c in range(C):
+        for h in range(H):
+            src = base + (c * H + h) * W
+            dst = (c * Hp + h + ph) * Wp + pw
+            for q in range(W):
+                pf[_u(dst + q)] = xf[_u(src + q)]
+
+
+@njit(fastmath={"contract"}, **_OPTS)
+def direct_conv_forward(x, w2, b, kh, kw, ph, pw, dh, dw, Ho, Wo, y):
+    """y = conv2d(x, w) + b at stride 1, one image and output channel at a time: each tap
+    adds a scaled contiguous run of the zero-padded image to a wide accumulator row."""
+    N, C, H, W = x.shape
+    K, R = w2.shape
+    Hp, Wp = H + 2 * ph, W + 2 * pw
+    plane = Hp * Wp
+    Q = Ho * Wp
+    acc = np.empty(Q, dtype=y.dtype)
+    xp = np.empty(C * plane, dtype=x.dtype)
+    xf = x.reshape(-1)
+    yf = y.reshape(-1)
+    wf = w2.reshape(-1)
+    has_b = b.shape[0] == K
+    for n in range(N):
+        _pad_image(xf, n * C * H * W, C, H, W, ph, pw, xp)
+        for k in range(K):
+            for t in range(Q):
+                acc[_u(t)] = 0
+            for r in range(R):
+                c = r // (kh * kw)
+                u = (r // kw) % kh
+                v = r % kw
+                wt = wf[_u(k * R + r)]
+                rel = u * dh * Wp + v * dw
+                off = c * plane + rel
+                for t in range(min(Q, plane - rel)):
+                    acc[_u(t)] += wt * xp[_u(off + t)]
+            bk = b[k] if has_b else 0
+            for i in range(Ho):
+                dst = ((n * K + k) * Ho + i) * Wo
+                for j in range(Wo):
+                    yf[_u(dst + j)] = acc[_u(i * Wp + j)] + bk
+
+
+@njit(fastmath={"reassoc", "contract"}, **_OPTS)
+def direct_conv_weight_grad(x, dy, kh, kw, ph, pw, dh, dw, dwpk):
+    """dwpk[kb, r, e] = sum over n, i, j of dy[n, 4*kb + e, i, j] * xpad[n, c, i + u*dh, j + v*dw]
+    (stride 1), as dot products over the wide rows of one image at a time."""
+    N, C, H, W = x.shape
+    K, Ho, Wo = dy.shape[1], dy.shape[2], dy.shape[3]
+    Kb, R = dwpk.shape[0], dwpk.shape[1]
+    Hp, Wp = H + 2 * ph, W + 2 * pw
+    plane = Hp * Wp
+    Q = Ho * Wp
+    xp = np.empty(C * plane, dtype=x.dtype)
+    dyw = np.zeros(4 * Kb * Q, dtype=dy.dtype)  # wide columns and channels >= K stay 0
+    zero = np.zeros(1, dtype=dwpk.dtype)
+    xf = x.reshape(-1)
+    df = dy.reshape(-1)
+    gf = dwpk.reshape(-1)
+    for q in range(gf.size):
+        gf[_u(q)] = 0
+    for n in range(N):
+        _pad_image(xf, n * C * H * W, C, H, W, ph, pw, xp)
+        for k in range(K):
+            for i in range(Ho):
+                src = ((n * K + k) * Ho + i) * Wo
+                dst = k * Q + i * Wp
+                for j in range(Wo):
+                    dyw[_u(dst + j)] = df[_u(src + j)]
+        for kb in range(Kb):
+            d0 = 4 * kb * Q
+            for r in range(R):
+                c = r // (kh * kw)
+                u = (r // kw) % kh
+                v = r % kw
+                rel = u * dh * Wp + v * dw
+                off = c * plane + rel
+                s0 = s1 = s2 = s3 = zero[0]
+                for q in range(min(Q, plane - rel)):
+                    xv = xp[_u(off + q)]
+                    s0 += dyw[_u(d0 + q)] * xv
+                    s1 += dyw[_u(d0 + Q + q)] * xv
+                    s2 += dyw[_u(d0 + 2 * Q + q)] * xv
+                    s3 += dyw[_u(d0 + 3 * Q + q)] * xv
+                gb = (kb * R + r) * 4
+                gf[_u(gb)] += s0
+                gf[_u(gb + 1)] += s1
+                gf[_u(gb + 2)] += s2
+                gf[_u(gb + 3)] += s3
 
 
 # ---------------------------------------------------------------------------------------
@@ -183,7 +395,7 @@ def maxpool2d_forward(x, kh, kw, sh, sw, ph, pw, Ho, Wo, y, argmax):
                 for h in range(h0, h1):
                     for w in range(w0, w1):
                         val = xf[_u(xb + h * W + w)]
-                        if val > best or np.isnan(val):
+                        if (val > best) | (val != val):  # bitwise: no branch
                             best = val
                             bi = h * W + w
                 yf[_u(yb + i * Wo + j)] = best
@@ -294,3 +506,100 @@ def l2pool2d_backward(dy, x, y, kh, kw, sh, sw, ph, pw, dx):
                     for w in range(w0, w1):
                         q = xb + h * W + w
                         dxf[_u(q)] += g * xf[_u(q)]
+
+
+# 2x2 windows at stride 2 without padding (the common case): the fixed offsets let LLVM
+# vectorise over the output row, which the generic kernels above cannot.
+
+
+@njit(**_OPTS)
+def maxpool2x2_forward(x, Ho, Wo, y, argmax):
+    N, C, H, W = x.shape
+    xf = x.reshape(-1)
+    yf = y.reshape(-1)
+    af = argmax.reshape(-1)
+    for t in range(N * C):
+        xb = t * H * W
+        for i in range(Ho):
+            r0 = xb + 2 * i * W
+            yb = (t * Ho + i) * Wo
+            for j in range(Wo):
+                p = r0 + 2 * j
+                m = xf[_u(p)]
+                k = 0
+                v = xf[_u(p + 1)]
+                if (v > m) | (v != v):
+                    m = v
+                    k = 1
+                v = xf[_u(p + W)]
+                if (v > m) | (v != v):
+                    m = v
+                    k = W
+                v = xf[_u(p + W + 1)]
+                if (v > m) | (v != v):
+                    m = v
+                    k = W + 1
+                yf[_u(yb + j)] = m
+                af[_u(yb + j)] = 2 * i * W + 2 * j + k
+
+
+@njit(**_OPTS)
+def avgpool2x2_forward(x, Ho, Wo, y):
+    N, C, H, W = x.shape
+    xf = x.reshape(-1)
+    yf = y.reshape(-1)
+    for t in range(N * C):
+        xb = t * H * W
+        for i in range(Ho):
+            r0 = xb + 2 * i * W
+            yb = (t * Ho + i) * Wo
+            for j in range(Wo):
+                p = r0 + 2 * j
+                s = xf[_u(p)] + xf[_u(p + 1)] + xf[_u(p + W)] + xf[_u(p + W + 1)]
+                yf[_u(yb + j)] = s * 0.25
+
+
+@njit(**_OPTS)
+def avgpool2x2_backward(dy, dx):
+    N, C, H, W = dx.shape
+    Ho, Wo = dy.shape[2], dy.shape[3]
+    df = dx.reshape(-1)
+    gf = dy.reshape(-1)
+    for t in range(N * C):
+        xb = t * H * W
+        if 2 * Ho != H or 2 * Wo != W:  # odd sizes: the last row/column gets nothing
+            for q in range(H * W):
+                df[_u(xb + q)] = 0
+        for i in range(Ho):
+            r0 = xb + 2 * i * W
+            yb = (t * Ho + i) * Wo
+            for j in range(Wo):
+                g = gf[_u(yb + j)] * 0.25
+                p = r0 + 2 * j
+                df[_u(p)] = g
+                df[_u(p + 1)] = g
+                df[_u(p + W)] = g
+                df[_u(p + W + 1)] = g
+
+
+# ---------------------------------------------------------------------------------------
+# fused activation derivatives: one pass instead of numpy's three (1-D, contiguous)
+# ---------------------------------------------------------------------------------------
+
+
+@njit(**_OPTS)
+def relu_backward(dy, y, out):
+    for i in range(dy.size):
+        out[_u(i)] = dy[_u(i)] if y[_u(i)] > 0 else 0
+
+
+@njit(**_OPTS)
+def tanh_backward(dy, y, out):
+    for i in range(dy.size):
+        out[_u(i)] = dy[_u(i)] * (1 - y[_u(i)] * y[_u(i)])
+
+
+@njit(**_OPTS)
+def sigmoid_backward(dy, y, out):
+    for i in range(dy.size):
+        out[_u(i)] = dy[_u(i)] * (y[_u(i)] * (1 - y[_u(i)]))

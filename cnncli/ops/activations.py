@@ -20,6 +20,23 @@ import numpy as np
 from cnncli.errors import ShapeMismatchError
 
 
+def _fused(kernel: str, dy: np.ndarray, y: np.ndarray, out: np.ndarray | None):
+    """Run the one-pass Numba derivative ``kernel`` when the arrays allow it, else None."""
+    if (
+        dy.dtype != y.dtype
+        or dy.shape != y.shape
+        or not (dy.flags.c_contiguous and y.flags.c_contiguous)
+        or (out is not None and not out.flags.c_contiguous)
+    ):
+        return None
+    from cnncli.ops import _kernels as kern
+
+    if out is None:
+        out = np.empty_like(dy)
+    getattr(kern, kernel)(dy.reshape(-1), y.reshape(-1), out.reshape(-1))  # 1-D: one compile
+    return out
+
+
 class ActivationCache(NamedTuple):
     """``x`` or ``y`` (whichever the derivative needs; the other is None) and the
     hyperparameter (leaky_relu slope, elu alpha; 0.0 for the others)."""
@@ -35,7 +52,8 @@ def _relu(x, out, **_):
 
 
 def _relu_back(dy, c, out):
-    return np.multiply(dy, c.y > 0, out=out)
+    fused = _fused("relu_backward", dy, c.y, out)
+    return fused if fused is not None else np.multiply(dy, c.y > 0, out=out)
 
 
 def _relu6(x, out, **_):
@@ -66,9 +84,9 @@ def _leaky_relu_back(dy, c, out):
     pos = (c.x > 0) if c.x is not None else (c.y > 0)
     if out is None:
         return np.where(pos, dy, dy * c.param)
-    np.multiply(dy, c.param, out=out)
-    np.copyto(out, dy, where=pos)
-    return out
+    if out is not dy:
+        np.copyto(out, dy, where=pos)
+    return np.multiply(dy, c.param, out=out, where=~pos)
 
 
 def _sigmoid(x, out, **_):
@@ -82,8 +100,8 @@ def _sigmoid(x, out, **_):
 
 
 def _sigmoid_back(dy, c, out):
-    y = c.y
-    return np.multiply(dy, y * (1 - y), out=out)
+    fused = _fused("sigmoid_backward", dy, c.y, out)
+    return fused if fused is not None else np.multiply(dy, c.y * (1 - c.y), out=out)
 
 
 def _tanh(x, out, **_):
@@ -92,8 +110,8 @@ def _tanh(x, out, **_):
 
 
 def _tanh_back(dy, c, out):
-    y = c.y
-    return np.multiply(dy, 1 - y * y, out=out)
+    fused = _fused("tanh_backward", dy, c.y, out)
+    return fused if fused is not None else np.multiply(dy, 1 - c.y * c.y, out=out)
 
 
 def _elu(x, out, alpha: float = 1.0, **_):
@@ -116,16 +134,10 @@ def _elu(x, out, alpha: float = 1.0, **_):
 def _elu_back(dy, c, out):
     alpha = c.param
     if c.x is not None:
-        pos = c.x > 0
-        neg = dy * (alpha * np.exp(np.minimum(c.x, 0)))
+        slope = np.where(c.x > 0, 1, alpha * np.exp(np.minimum(c.x, 0)))
     else:
-        pos = c.y > 0
-        neg = dy * (c.y + alpha)
-    if out is None:
-        return np.where(pos, dy, neg)
-    np.copyto(out, neg)
-    np.copyto(out, dy, where=pos)
-    return out
+        slope = np.where(c.y > 0, 1, c.y + alpha)
+    return np.multiply(dy, slope, out=out)
 
 
 def _softmax(x, out, **_):

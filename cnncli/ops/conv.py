@@ -29,6 +29,10 @@ Pair = tuple[int, int]
 #: Target size of one chunk's column matrix; a chunk holds at least one image.
 CHUNK_BYTES = 1 << 20
 
+#: Stride-1 convolutions with at most this many output channels skip im2col + GEMM and run
+#: a direct Numba kernel: a GEMM with so few rows runs far below peak (LeNet's conv1 has 6).
+DIRECT_MAX_CHANNELS = 8
+
 
 class ConvGeometry(NamedTuple):
     """Everything about a conv2d except the arrays. ``in_hw`` is the (unpadded) input size
@@ -181,7 +185,15 @@ def _chunk(n: int, rows: int, pixels: int, itemsize: int) -> int:
 
 
 def _is_pointwise(g: ConvGeometry) -> bool:
-    return g.kernel == (1, 1) and g.stride == (1, 1) and g.padding == (0, 0) and g.groups == 1
+    """1x1 kernel, stride 1, no padding: one GEMM per image straight on NCHW data. (The
+    sizes can differ for the adjoint of a transposed conv with output_padding.)"""
+    return (
+        g.kernel == (1, 1)
+        and g.stride == (1, 1)
+        and g.padding == (0, 0)
+        and g.groups == 1
+        and g.in_hw == g.out_hw
+    )
 
 
 def _is_dense(g: ConvGeometry) -> bool:
@@ -199,50 +211,109 @@ def _is_dense(g: ConvGeometry) -> bool:
 # ---------------------------------------------------------------------------------------
 
 
+class _Plan(NamedTuple):
+    """How the general path lays out one chunk: ``wide`` (stride 1: contiguous im2col on
+    a zero-padded copy, GEMM rows ``wr = Wp`` wide) or strided im2col (``wr = Wo``)."""
+
+    wide: bool
+    padded: bool
+    nb: int
+    wr: int
+    rows: int  # C*kh*kw
+
+
+def _plan(g: ConvGeometry, n: int, c: int, itemsize: int) -> _Plan:
+    (kh, kw), (ph, pw) = g.kernel, g.padding
+    wide = g.stride == (1, 1)
+    wr = g.in_hw[1] + 2 * pw if wide else g.out_hw[1]
+    r = c * kh * kw
+    return _Plan(wide, wide and (ph > 0 or pw > 0), _chunk(n, r, g.out_hw[0] * wr, itemsize), wr, r)
+
+
+def _padded_buffer(plan: _Plan, g: ConvGeometry, c: int, dtype) -> np.ndarray | None:
+    if not plan.padded:
+        return None
+    (h, w), (ph, pw) = g.in_hw, g.padding
+    return np.empty(plan.nb * c * (h + 2 * ph) * (w + 2 * pw), dtype=dtype)
+
+
+def _fill_cols(kern, x, n0, m, g: ConvGeometry, plan: _Plan, cols, pad_buf) -> None:
+    """cols <- im2col of images n0..n0+m-1 of x, in the layout of ``plan``."""
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = g.kernel, g.stride, g.padding, g.dilation
+    ho, wo = g.out_hw
+    if not plan.wide:
+        kern.im2col(x, n0, m, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, cols)
+    elif plan.padded:
+        c, (h, w) = x.shape[1], g.in_hw
+        xp = pad_buf[: m * c * (h + 2 * ph) * (w + 2 * pw)].reshape(m, c, h + 2 * ph, -1)
+        kern.pad_chunk(x, n0, m, ph, pw, xp)
+        kern.im2col_wide(xp, 0, m, kh, kw, dh, dw, ho, cols)
+    else:
+        kern.im2col_wide(x, n0, m, kh, kw, dh, dw, ho, cols)
+
+
+def _scatter_cols(kern, cols, n0, m, g: ConvGeometry, plan: _Plan, dx, pad_buf) -> None:
+    """Images n0..n0+m-1 of dx <- col2im(cols) (the adjoint of _fill_cols)."""
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = g.kernel, g.stride, g.padding, g.dilation
+    ho, wo = g.out_hw
+    if not plan.wide:
+        kern.col2im(cols, n0, m, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, dx)
+    elif plan.padded:
+        c, (h, w) = dx.shape[1], g.in_hw
+        dxp = pad_buf[: m * c * (h + 2 * ph) * (w + 2 * pw)].reshape(m, c, h + 2 * ph, -1)
+        kern.col2im_wide(cols, 0, m, kh, kw, dh, dw, ho, dxp)
+        kern.crop_chunk(dxp, m, ph, pw, n0, dx)
+    else:
+        kern.col2im_wide(cols, n0, m, kh, kw, dh, dw, ho, dx)
+
+
+def _is_direct(g: ConvGeometry, k: int) -> bool:
+    return g.stride == (1, 1) and g.groups == 1 and k <= DIRECT_MAX_CHANNELS
+
+
 def _forward_core(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, g: ConvGeometry):
     """y = conv2d(x, w) + b for contiguous, validated arrays."""
     n, c = x.shape[:2]
     k = w.shape[0]
     ho, wo = g.out_hw
-    p = ho * wo
     y = np.empty((n, k, ho, wo), dtype=x.dtype)
     w2 = w.reshape(k, -1)
+    bias = b if b is not None else np.empty(0, dtype=x.dtype)
     if _is_dense(g):
         np.matmul(x.reshape(n, -1), w2.T, out=y.reshape(n, k))
         if b is not None:
             y += b.reshape(1, k, 1, 1)
         return y
     if _is_pointwise(g):
-        np.matmul(w2, x.reshape(n, c, p), out=y.reshape(n, k, p))
+        np.matmul(w2, x.reshape(n, c, ho * wo), out=y.reshape(n, k, ho * wo))
         if b is not None:
             y += b.reshape(1, k, 1, 1)
         return y
 
     from cnncli.ops import _kernels as kern
 
-    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = g.kernel, g.stride, g.padding, g.dilation
+    if _is_direct(g, k):
+        (kh, kw), (ph, pw), (dh, dw) = g.kernel, g.padding, g.dilation
+        kern.direct_conv_forward(x, w2, bias, kh, kw, ph, pw, dh, dw, ho, wo, y)
+        return y
     groups = g.groups
-    r = c * kh * kw
-    nb = _chunk(n, r, p, x.itemsize)
-    cols_buf = np.empty(r * nb * p, dtype=x.dtype)
-    rows_buf = np.empty(k * nb * p, dtype=x.dtype) if nb > 1 else None
-    wg = w2.reshape(groups, k // groups, r // groups)
-    bias = b if b is not None else np.empty(0, dtype=x.dtype)
-    for n0 in range(0, n, nb):
-        m = min(nb, n - n0)
-        ln = m * p
-        cols = cols_buf[: r * ln].reshape(r, ln)
-        kern.im2col(x, n0, m, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, cols)
-        out = y[n0].reshape(k, p) if m == 1 else rows_buf[: k * ln].reshape(k, ln)
+    plan = _plan(g, n, c, x.itemsize)
+    q = ho * plan.wr
+    cols_buf = np.empty(plan.rows * plan.nb * q, dtype=x.dtype)
+    rows_buf = np.empty(k * plan.nb * q, dtype=x.dtype)
+    pad_buf = _padded_buffer(plan, g, c, x.dtype)
+    wg = w2.reshape(groups, k // groups, -1)
+    for n0 in range(0, n, plan.nb):
+        m = min(plan.nb, n - n0)
+        ln = m * q
+        cols = cols_buf[: plan.rows * ln].reshape(plan.rows, ln)
+        _fill_cols(kern, x, n0, m, g, plan, cols, pad_buf)
+        rows = rows_buf[: k * ln].reshape(k, ln)
         if groups == 1:
-            np.matmul(w2, cols, out=out)
+            np.matmul(w2, cols, out=rows)
         else:
-            np.matmul(wg, cols.reshape(groups, -1, ln), out=out.reshape(groups, -1, ln))
-        if m == 1:
-            if b is not None:
-                out += b[:, None]
-        else:
-            kern.rows_to_nchw(out, bias, n0, m, y)
+            np.matmul(wg, cols.reshape(groups, -1, ln), out=rows.reshape(groups, -1, ln))
+        kern.rows_to_nchw(rows, bias, n0, m, plan.wr, y)
     return y
 
 
@@ -255,69 +326,67 @@ def _backward_core(x, dy, w, g: ConvGeometry, need_dx: bool, need_dw: bool):
     c = w.shape[1] * g.groups
     ho, wo = g.out_hw
     h, wd = g.in_hw
-    p = ho * wo
     w2 = w.reshape(k, -1)
     dx = np.empty((n, c, h, wd), dtype=dy.dtype) if need_dx else None
     dw = None
 
     if _is_dense(g) or _is_pointwise(g):
         dense = _is_dense(g)
-        d2 = dy.reshape(n, k) if dense else dy.reshape(n, k, p)
+        d2 = dy.reshape(n, k) if dense else dy.reshape(n, k, ho * wo)
         if need_dx:
             if dense:
                 np.matmul(d2, w2, out=dx.reshape(n, -1))
             else:
-                np.matmul(w2.T, d2, out=dx.reshape(n, c, p))
+                np.matmul(w2.T, d2, out=dx.reshape(n, c, h * wd))
         if need_dw:
             if dense:
                 dw = (d2.T @ x.reshape(n, -1)).reshape(w.shape)
             else:
-                dw = np.matmul(d2, x.reshape(n, c, p).transpose(0, 2, 1)).sum(axis=0)
+                dw = np.matmul(d2, x.reshape(n, c, h * wd).transpose(0, 2, 1)).sum(axis=0)
                 dw = dw.reshape(w.shape)
         return dx, dw
 
     from cnncli.ops import _kernels as kern
 
-    (kh, kw), (sh, sw), (ph, pw), (dh, dwl) = g.kernel, g.stride, g.padding, g.dilation
+    if need_dw and _is_direct(g, k):
+        (kh, kw), (ph, pw), (dh, dwl) = g.kernel, g.padding, g.dilation
+        dwpk = np.empty((-(-k // 4), c * kh * kw, 4), dtype=dy.dtype)
+        kern.direct_conv_weight_grad(x, dy, kh, kw, ph, pw, dh, dwl, dwpk)
+        dw = np.ascontiguousarray(dwpk.transpose(0, 2, 1).reshape(-1, c * kh * kw)[:k])
+        dw = dw.reshape(w.shape)
+        need_dw = False
+        if not need_dx:
+            return None, dw
     groups = g.groups
-    r = c * kh * kw
+    plan = _plan(g, n, c, dy.itemsize)
+    r, q = plan.rows, ho * plan.wr
     kg, rg = k // groups, r // groups
     wg = w2.reshape(groups, kg, rg)
-    nb = _chunk(n, r, p, dy.itemsize)
-    cols_buf = np.empty(r * nb * p, dtype=dy.dtype)
-    rows_buf = np.empty(k * nb * p, dtype=dy.dtype) if nb > 1 else None
+    cols_buf = np.empty(r * plan.nb * q, dtype=dy.dtype)
+    rows_buf = np.empty(k * plan.nb * q, dtype=dy.dtype)
+    pad_buf = _padded_buffer(plan, g, c, dy.dtype)
     if need_dw:
-        dw = np.zeros((groups, kg, rg), dtype=dy.dtype)
-        dw_tmp = np.empty_like(dw)
-    for n0 in range(0, n, nb):
-        m = min(nb, n - n0)
-        ln = m * p
-        if m == 1:
-            dyt = dy[n0].reshape(k, p)
-        else:
-            dyt = rows_buf[: k * ln].reshape(k, ln)
-            kern.nchw_to_rows(dy, n0, m, dyt)
+        # accumulate dW^T = cols @ dY^T: [rows, K] is the faster GEMM orientation
+        dw_t = np.empty((groups, rg, kg), dtype=dy.dtype)
+        dw_tmp = np.empty_like(dw_t)
+    for n0 in range(0, n, plan.nb):
+        m = min(plan.nb, n - n0)
+        ln = m * q
+        dyt = rows_buf[: k * ln].reshape(k, ln)
+        kern.nchw_to_rows(dy, n0, m, plan.wr, dyt)
+        dyg = dyt.reshape(groups, kg, ln)
         cols = cols_buf[: r * ln].reshape(r, ln)
         if need_dw:
-            kern.im2col(x, n0, m, kh, kw, sh, sw, ph, pw, dh, dwl, ho, wo, cols)
-            if groups == 1:
-                np.matmul(dyt, cols.T, out=dw_tmp[0])
-            else:
-                cg = cols.reshape(groups, rg, ln)
-                np.matmul(dyt.reshape(groups, kg, ln), cg.transpose(0, 2, 1), out=dw_tmp)
-            dw += dw_tmp
+            _fill_cols(kern, x, n0, m, g, plan, cols, pad_buf)
+            cg = cols.reshape(groups, rg, ln)
+            np.matmul(cg, dyg.transpose(0, 2, 1), out=dw_t if n0 == 0 else dw_tmp)
+            if n0:
+                dw_t += dw_tmp
         if need_dx:
-            if groups == 1:
-                np.matmul(w2.T, dyt, out=cols)
-            else:
-                np.matmul(
-                    wg.transpose(0, 2, 1),
-                    dyt.reshape(groups, kg, ln),
-                    out=cols.reshape(groups, rg, ln),
-                )
-            kern.col2im(cols, n0, m, kh, kw, sh, sw, ph, pw, dh, dwl, ho, wo, dx)
+            np.matmul(wg.transpose(0, 2, 1), dyg, out=cols.reshape(groups, rg, ln))
+            _scatter_cols(kern, cols, n0, m, g, plan, dx, pad_buf)
     if need_dw:
-        dw = dw.reshape(w.shape)
+        dw = np.ascontiguousarray(dw_t.transpose(0, 2, 1)).reshape(w.shape)
     return dx, dw
 
 

@@ -37,9 +37,7 @@ def _bn_axes(x: np.ndarray) -> tuple[tuple[int, ...], tuple[int, ...]]:
         return (0,), (1, x.shape[1])
     if x.ndim == 4:
         return (0, 2, 3), (1, x.shape[1], 1, 1)
-    raise ShapeMismatchError(
-        f"batchnorm expects x [N, D] or [N, C, H, W]; got shape {np.shape(x)}"
-    )
+    raise ShapeMismatchError(f"batchnorm expects x [N, D] or [N, C, H, W]; got shape {np.shape(x)}")
 
 
 def batchnorm_forward(
@@ -65,8 +63,13 @@ def batchnorm_forward(
     axes, bshape = _bn_axes(x)
     c = x.shape[1]
     momentum, eps = float(momentum), float(eps)  # Python floats never upcast float32
-    for name, arr in (("gamma", gamma), ("beta", beta), ("running_mean", running_mean),
-                      ("running_var", running_var)):  # fmt: skip
+    params = {
+        "gamma": gamma,
+        "beta": beta,
+        "running_mean": running_mean,
+        "running_var": running_var,
+    }
+    for name, arr in params.items():
         if np.shape(arr) != (c,):
             raise ShapeMismatchError(
                 f"batchnorm: {name} must have shape ({c},) for x {x.shape}; got {np.shape(arr)}"

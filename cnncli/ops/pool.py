@@ -160,11 +160,18 @@ def pool2d_forward(
     wo = pool_output_size(w, kw, sw, pw, ceil_mode)
     y = np.empty((n, c, ho, wo), dtype=x.dtype)
     argmax = keep_x = keep_y = None
+    two_by_two = _is_2x2(kh, kw, sh, sw, ph, pw, h, w, ho, wo)
     if kind == "max":
         argmax = np.empty((n, c, ho, wo), dtype=np.int32)
-        kern.maxpool2d_forward(x, kh, kw, sh, sw, ph, pw, ho, wo, y, argmax)
+        if two_by_two:
+            kern.maxpool2x2_forward(x, ho, wo, y, argmax)
+        else:
+            kern.maxpool2d_forward(x, kh, kw, sh, sw, ph, pw, ho, wo, y, argmax)
     elif kind == "avg":
-        kern.avgpool2d_forward(x, kh, kw, sh, sw, ph, pw, ho, wo, y)
+        if two_by_two:
+            kern.avgpool2x2_forward(x, ho, wo, y)
+        else:
+            kern.avgpool2d_forward(x, kh, kw, sh, sw, ph, pw, ho, wo, y)
     else:
         kern.l2pool2d_forward(x, kh, kw, sh, sw, ph, pw, ho, wo, y)
         keep_x, keep_y = x, y
@@ -184,10 +191,19 @@ def pool2d_backward(dy: np.ndarray, cache: PoolCache) -> np.ndarray:
     if kind == "max":
         kern.maxpool2d_backward(dy, argmax, dx)
     elif kind == "avg":
-        kern.avgpool2d_backward(dy, kh, kw, sh, sw, ph, pw, dx)
+        h, w = x_shape[2:]
+        if _is_2x2(kh, kw, sh, sw, ph, pw, h, w, *y_shape[2:]):
+            kern.avgpool2x2_backward(dy, dx)
+        else:
+            kern.avgpool2d_backward(dy, kh, kw, sh, sw, ph, pw, dx)
     else:
         kern.l2pool2d_backward(dy, x, y, kh, kw, sh, sw, ph, pw, dx)
     return dx
+
+
+def _is_2x2(kh, kw, sh, sw, ph, pw, h, w, ho, wo) -> bool:
+    """2x2 windows at stride 2, unpadded, every window complete: the vectorised kernels."""
+    return (kh, kw, sh, sw, ph, pw) == (2, 2, 2, 2, 0, 0) and 2 * ho <= h and 2 * wo <= w
 
 
 # ---------------------------------------------------------------------------------------

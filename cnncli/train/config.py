@@ -137,4 +137,20 @@ def resolve_config(spec_training: dict[str, Any] | None, config_file: str | Path
             raise CnnError(f"{path}: a training config must be a mapping of settings")
         cfg = merge(cfg, data, str(path))
     given = {k: v for k, v in flags.items() if v is not None}
-    return merge(cfg, given, "command line") if given else cfg
+    if given:
+        cfg = merge(cfg, given, "command line")
+    return finalize(cfg)
+
+
+def finalize(cfg: TrainConfig) -> TrainConfig:
+    """Check the optimizer and schedule settings now (before any data is read) and write the
+    optimizer's default momentum into the config, so that the saved config is the one used."""
+    from cnncli.optim import make_optimizer, make_schedule
+
+    settings = cfg.optimizer_settings()
+    make_optimizer(cfg.optimizer, **settings)
+    make_schedule(cfg.schedule, cfg.lr, step_size=cfg.step_size, gamma=cfg.gamma,
+                  min_lr=cfg.min_lr, total=cfg.epochs, warmup=cfg.warmup)
+    if cfg.momentum is None and "momentum" in settings:  # sgd 0.9, rmsprop 0
+        cfg.momentum = 0.0 if settings["momentum"] is None else settings["momentum"]
+    return cfg

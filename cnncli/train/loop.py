@@ -10,6 +10,7 @@ resumable state) and a non-finite loss stops before the bad update reaches any c
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import time
@@ -22,9 +23,13 @@ import numpy as np
 
 from cnncli.errors import CnnError, DataError, ExitCode
 from cnncli.fileio import atomic_write_text
-from cnncli.train.config import TrainConfig
+from cnncli.train.config import TrainConfig, merge
 
 RUN_FILES = ("config.yaml", "metrics.csv", "metrics.jsonl", "checkpoints")
+# What a run writes (removed before a run replaces another with --overwrite)
+_OUTPUTS = ("config.yaml", "spec.yaml", "metrics.csv", "metrics.jsonl", "curves.png",
+            "summary.json", "checkpoints/last.npz", "checkpoints/best.npz")
+_RESUME_KEYS = ("spec_text", "config", "normalizer", "rng", "history", "epoch")
 Event = Callable[[str, dict[str, Any]], None]
 
 
@@ -64,7 +69,9 @@ class TrainResult:
         }
 
 
-def loss_and_grad(kind: str, out: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+def loss_and_grad(
+    kind: str, out: np.ndarray, y: np.ndarray
+) -> tuple[float, np.ndarray, np.ndarray]:
     """(mean loss, d loss / d out, class scores) for a batch."""
     from cnncli.ops import losses
 
@@ -156,6 +163,51 @@ class _Streams:
         return cls(*(generator_from_state(states[k]) for k in ("shuffle", "dropout", "augment")))
 
 
+def _batch_augmenter(
+    spec: str, normalizer: Any, chw: tuple[int, ...]
+) -> Callable[[np.ndarray, np.random.Generator], np.ndarray]:
+    """``augment(xb, rng)`` for normalised batches: ``cnncli.augment.batch.augment_batch``
+    works on pixel values in [0, 1], so undo the normalisation, augment, normalise again.
+
+    The pipeline must keep the image size (the network's input); that is checked now, on a
+    blank image and a throwaway generator, so the run's own augmentation stream is untouched.
+    """
+    from cnncli.augment.batch import augment_batch
+    from cnncli.augment.pipeline import resolve_pipeline
+
+    pipeline = resolve_pipeline(spec)
+    mean = normalizer.mean.astype(np.float32)[:, None, None]
+    std = normalizer.std.astype(np.float32)[:, None, None]
+    probe = augment_batch(np.zeros((1, *chw), np.float32), pipeline, np.random.default_rng(0))
+    if probe.shape[1:] != tuple(chw):
+        c, h, w = chw
+        raise CnnError(f"augmentation '{spec}' turns {h}x{w}x{c} images into "
+                       f"{probe.shape[2]}x{probe.shape[3]}x{probe.shape[1]}; use ops that keep "
+                       "the network's input size")
+
+    def augment(xb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        raw = xb * std + mean
+        out = augment_batch(raw, pipeline, rng)
+        np.subtract(out, mean, out=out)
+        np.divide(out, std, out=out)
+        return out
+
+    return augment
+
+
+def _quiet_float_warnings(func: Callable[..., TrainResult]) -> Callable[..., TrainResult]:
+    """Silence NumPy's overflow/invalid warnings: a run checks for non-finite values itself
+    and stops with one clear message instead of a screenful of RuntimeWarnings."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> TrainResult:
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+            return func(*args, **kwargs)
+
+    return wrapper
+
+
+@_quiet_float_warnings
 def train(
     spec_source: Any,
     *,
@@ -190,10 +242,18 @@ def train(
         arrays, meta = load_checkpoint(ckpt_path)
         if meta.get("kind") != "cnncli-train":
             raise DataError(f"{ckpt_path}: not a training checkpoint")
+        missing = [k for k in _RESUME_KEYS if k not in meta]
+        if missing or not isinstance(meta["config"], dict):
+            raise DataError(f"{ckpt_path}: incomplete training checkpoint (no "
+                            f"{', '.join(missing) or 'config'})")
         spec = parse_spec(meta["spec_text"], file=meta.get("spec_file"))
         # The saved settings are the run's; only the number of epochs may grow on resume.
-        saved = TrainConfig(**meta["config"])
+        saved = merge(TrainConfig(), meta["config"], f"{ckpt_path} (saved settings)")
+        done = int(meta["epoch"])
         if epochs is not None:
+            if epochs < done:
+                raise CnnError(f"{ckpt_path}: the run has already done {done} epochs; "
+                               f"--epochs {epochs} cannot shorten it")
             saved.epochs = epochs
         config = saved
         run_dir = ckpt_path.parent.parent
@@ -223,25 +283,34 @@ def train(
                              warmup=config.warmup)
     augment = None
     if config.augment:
-        from cnncli.augment.batch import load_batch_pipeline
-
-        augment = load_batch_pipeline(config.augment)
+        augment = _batch_augmenter(config.augment, splits.normalizer, splits.train.x.shape[1:])
 
     history: list[dict[str, Any]] = []
     start_epoch = 0
     best_value: float | None = None
+    since_best = 0  # epochs since the monitored value last improved (early stopping)
     streams = _Streams(np.random.default_rng([config.seed, 2]),
                        np.random.default_rng([config.seed, 3]),
                        np.random.default_rng([config.seed, 4]))
     if ckpt_state is not None:
         arrays, meta = ckpt_state
-        model.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("model/")})
-        optimizer.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("optim/")})
-        streams = _Streams.restore(meta["rng"])
+        try:
+            model.load_state_dict({k[6:]: v for k, v in arrays.items()
+                                   if k.startswith("model/")})
+            optimizer.load_state_dict({k[6:]: v for k, v in arrays.items()
+                                       if k.startswith("optim/")})
+            streams = _Streams.restore(meta["rng"])
+        except (CnnError, KeyError, TypeError) as exc:
+            raise DataError(f"{ckpt_path}: checkpoint does not match its spec and settings "
+                            f"({exc})") from None
         history = list(meta["history"])
         start_epoch = int(meta["epoch"])
         best_value = meta.get("best_value")
+        since_best = int(meta.get("since_best", 0))
     else:
+        if overwrite:  # the replaced run's files must not mix with this one's
+            for name in _OUTPUTS:
+                (run_dir / name).unlink(missing_ok=True)
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "config.yaml", _dump_yaml(
             {"spec": spec.file, "data": str(data), "training": config.to_dict()}))
@@ -250,6 +319,11 @@ def train(
     ckpt_dir = run_dir / "checkpoints"
     last_path, best_path = ckpt_dir / "last.npz", ckpt_dir / "best.npz"
     monitor = "val_accuracy" if splits.val is not None else "train_loss"
+
+    def non_finite(what: str) -> NonFiniteLoss:
+        kept = last_path if last_path.exists() else "none (no epoch completed)"
+        return NonFiniteLoss(f"{what}: training stopped; the last good checkpoint is {kept} "
+                             f"(hint: lower the learning rate, now {optimizer.lr:g})")
 
     def save(path: Path, epoch: int) -> None:
         arrays = {f"model/{k}": v for k, v in model.state_dict().items()}
@@ -260,6 +334,7 @@ def train(
             "classes": splits.classes, "normalizer": splits.normalizer.to_dict(),
             "fit_rule": splits.fit_rule, "epoch": epoch, "config": config.to_dict(),
             "rng": streams.states(), "history": history, "best_value": best_value,
+            "since_best": since_best,
             "monitor": monitor, "loss": config.loss, "data": str(data),
         }
         save_checkpoint(path, arrays, meta)
@@ -271,7 +346,6 @@ def train(
     train_images = sum(h.get("train_images", 0) for h in history)
     stopped_early = False
     first_batch_time: float | None = None  # wall clock, for start-up benchmarks
-    since_best = 0
     epoch = start_epoch
     model.training_rng = streams.dropout
     stop_at = config.epochs if max_epochs_this_call is None else min(
@@ -286,10 +360,7 @@ def train(
                 xb = augment(xb, streams.augment)
             loss, scores = train_step(model, optimizer, xb, yb, config.loss)
             if not np.isfinite(loss):
-                raise NonFiniteLoss(
-                    f"loss became {loss} at epoch {epoch + 1}, batch {b + 1}: training stopped; "
-                    f"the last good checkpoint is {last_path if last_path.exists() else 'none'} "
-                    f"(hint: lower the learning rate, now {optimizer.lr:g})")
+                raise non_finite(f"loss became {loss} at epoch {epoch + 1}, batch {b + 1}")
             n = len(yb)
             seen += n
             loss_sum += loss * n
@@ -309,10 +380,15 @@ def train(
             "train_accuracy": correct / seen, "train_images": seen,
             "epoch_train_seconds": epoch_seconds, "images_per_second": seen / epoch_seconds,
         }
+        bad = next((k for k, a in model.state_dict().items() if not np.isfinite(a).all()), None)
+        if bad is not None:  # the epoch's last update overflowed
+            raise non_finite(f"weights became non-finite ({bad}) at the end of epoch {epoch + 1}")
         for name, ds in (("val", splits.val), ("test", splits.test)):
             if ds is not None:
                 ev = evaluate_model(model, ds, config.loss, config.eval_batch_size)
                 row[f"{name}_loss"], row[f"{name}_accuracy"] = ev["loss"], ev["accuracy"]
+                if not np.isfinite(ev["loss"]):
+                    raise non_finite(f"{name} loss became {ev['loss']} after epoch {epoch + 1}")
         history.append(row)
         value = row[monitor]
         improved = best_value is None or (

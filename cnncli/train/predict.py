@@ -26,6 +26,9 @@ def load_trained(checkpoint: str | Path) -> tuple[Any, dict[str, Any], Path]:
     arrays, meta = load_checkpoint(path)
     if meta.get("kind") != "cnncli-train" or "spec_text" not in meta:
         raise DataError(f"{path}: not a cnncli training checkpoint")
+    missing = [k for k in ("input", "classes", "normalizer") if k not in meta]
+    if missing:
+        raise DataError(f"{path}: incomplete training checkpoint (no {', '.join(missing)})")
     spec = parse_spec(meta["spec_text"], file=meta.get("spec_file") or str(path))
     model = build_model(spec, seed=0)
     weights = {k[6:]: v for k, v in arrays.items() if k.startswith("model/")}
