@@ -221,7 +221,7 @@ def _check_split(name: str, s: RawSplit, n_classes: int | None) -> None:
         if bad.size:
             raise DataError(
                 f"{s.y_file}: label {s.y[bad[0]]} at index {bad[0]} is out of range "
-                f"0..{n_classes - 1}"
+                f"0..{n_classes - 1} (the network has {n_classes} outputs)"
             )
 
 

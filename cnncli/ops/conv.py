@@ -22,6 +22,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from cnncli import arith
 from cnncli.errors import ShapeMismatchError
 
 Pair = tuple[int, int]
@@ -32,6 +33,9 @@ CHUNK_BYTES = 1 << 20
 #: Stride-1 convolutions with at most this many output channels skip im2col + GEMM and run
 #: a direct Numba kernel: a GEMM with so few rows runs far below peak (LeNet's conv1 has 6).
 DIRECT_MAX_CHANNELS = 8
+#: Their weight gradient also goes direct when a filter has at most this many taps
+#: (C*kh*kw; 27 for a 3x3 conv on RGB): dW = cols @ dY^T is then a skinny GEMM.
+DIRECT_MAX_TAPS = 32
 
 
 class ConvGeometry(NamedTuple):
@@ -75,7 +79,8 @@ class ConvTransposeCache(NamedTuple):
 def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int = 1) -> int:
     """``floor((size + 2*padding - dilation*(kernel-1) - 1) / stride) + 1``.
 
-    Rows and columns that the stride does not reach are dropped (floor). Raises
+    The rule itself is ``cnncli.arith``'s (shared with the shape calculator); this adds the
+    checks. Rows and columns that the stride does not reach are dropped (floor). Raises
     ShapeMismatchError when the (dilated) kernel does not fit in the padded input.
     """
     if kernel < 1 or stride < 1 or dilation < 1 or padding < 0:
@@ -83,13 +88,13 @@ def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation
             f"conv needs kernel, stride, dilation >= 1 and padding >= 0; got kernel={kernel}, "
             f"stride={stride}, dilation={dilation}, padding={padding}"
         )
-    span = dilation * (kernel - 1) + 1
+    span = arith.effective_kernel(kernel, dilation)
     if size + 2 * padding < span:
         raise ShapeMismatchError(
             f"conv kernel spans {span} (kernel={kernel}, dilation={dilation}) but the padded "
             f"input is only {size + 2 * padding} (size={size}, padding={padding})"
         )
-    return (size + 2 * padding - span) // stride + 1
+    return arith.conv_output_size(size, kernel, stride, padding, dilation)
 
 
 def deconv_output_size(
@@ -116,7 +121,7 @@ def deconv_output_size(
             f"conv_transpose output_padding={output_padding} must be smaller than the stride "
             f"({stride}) or the dilation ({dilation})"
         )
-    out = (size - 1) * stride - 2 * padding + dilation * (kernel - 1) + output_padding + 1
+    out = arith.deconv_output_size(size, kernel, stride, padding, output_padding, dilation)
     if out < 1:
         raise ShapeMismatchError(
             f"conv_transpose output size would be {out} (size={size}, kernel={kernel}, "
@@ -267,8 +272,12 @@ def _scatter_cols(kern, cols, n0, m, g: ConvGeometry, plan: _Plan, dx, pad_buf) 
         kern.col2im_wide(cols, n0, m, kh, kw, dh, dw, ho, dx)
 
 
-def _is_direct(g: ConvGeometry, k: int) -> bool:
-    return g.stride == (1, 1) and g.groups == 1 and k <= DIRECT_MAX_CHANNELS
+def _is_direct(g: ConvGeometry, k: int, taps: int | None = None) -> bool:
+    """Direct kernels for the forward pass (few output channels) or, given ``taps``, for
+    the weight gradient (few output channels or few taps)."""
+    if g.stride != (1, 1) or g.groups != 1:
+        return False
+    return k <= DIRECT_MAX_CHANNELS or (taps is not None and taps <= DIRECT_MAX_TAPS)
 
 
 def _forward_core(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, g: ConvGeometry):
@@ -348,8 +357,9 @@ def _backward_core(x, dy, w, g: ConvGeometry, need_dx: bool, need_dw: bool):
 
     from cnncli.ops import _kernels as kern
 
-    if need_dw and _is_direct(g, k):
-        (kh, kw), (ph, pw), (dh, dwl) = g.kernel, g.padding, g.dilation
+    (kh, kw) = g.kernel
+    if need_dw and _is_direct(g, k, c * kh * kw):
+        (ph, pw), (dh, dwl) = g.padding, g.dilation
         dwpk = np.empty((-(-k // 4), c * kh * kw, 4), dtype=dy.dtype)
         kern.direct_conv_weight_grad(x, dy, kh, kw, ph, pw, dh, dwl, dwpk)
         dw = np.ascontiguousarray(dwpk.transpose(0, 2, 1).reshape(-1, c * kh * kw)[:k])

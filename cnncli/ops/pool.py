@@ -18,6 +18,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from cnncli import arith
 from cnncli.errors import ShapeMismatchError
 
 Pair = tuple[int, int]
@@ -78,6 +79,8 @@ def pool_output_size(
     ``floor((size + 2p - k) / s) + 1``, or with ``ceil_mode`` ``ceil(...) + 1`` minus one
     when the last window would start in the right padding (``(out-1)*s >= size + p``).
     PyTorch also requires ``p <= k // 2`` so that no window lies wholly in the padding.
+    The rule itself is ``cnncli.arith``'s (shared with the shape calculator); this adds the
+    checks.
     """
     if kernel < 1 or stride < 1 or padding < 0:
         raise ShapeMismatchError(
@@ -94,12 +97,7 @@ def pool_output_size(
             f"pooling kernel={kernel} is larger than the padded input {size + 2 * padding} "
             f"(size={size}, padding={padding})"
         )
-    if not ceil_mode:
-        return span // stride + 1
-    out = -(-span // stride) + 1
-    if (out - 1) * stride >= size + padding:
-        out -= 1
-    return out
+    return arith.pool_output_size(size, kernel, stride, padding, bool(ceil_mode))
 
 
 def _pair(v, name: str) -> Pair:

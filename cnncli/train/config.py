@@ -24,7 +24,7 @@ class TrainConfig:
     lr: float = 0.05
     momentum: float | None = None  # sgd: 0.9 by default; rmsprop: 0
     nesterov: bool = False
-    weight_decay: float = 0.0
+    weight_decay: float | None = None  # the optimizer's own default (adamw 0.01, else 0)
     schedule: str = "constant"  # constant | step | cosine | exponential (per epoch)
     step_size: int = 10
     gamma: float | None = None
@@ -43,7 +43,7 @@ class TrainConfig:
     def optimizer_settings(self) -> dict[str, Any]:
         """Keyword arguments for :func:`cnncli.optim.make_optimizer`."""
         opt = self.optimizer.lower()
-        kw: dict[str, Any] = {"lr": self.lr, "weight_decay": self.weight_decay}
+        kw: dict[str, Any] = {"lr": self.lr, "weight_decay": self.weight_decay}  # None: default
         if opt == "sgd":
             kw["momentum"] = 0.9 if self.momentum is None else self.momentum
             kw["nesterov"] = self.nesterov
@@ -106,7 +106,7 @@ def validate(cfg: TrainConfig, where: str = "training") -> None:
         (cfg.epochs >= 1, "epochs must be >= 1"),
         (cfg.batch_size >= 1, "batch size must be >= 1"),
         (cfg.lr > 0, "learning rate must be > 0"),
-        (cfg.weight_decay >= 0, "weight decay must be >= 0"),
+        (cfg.weight_decay is None or cfg.weight_decay >= 0, "weight decay must be >= 0"),
         (0 <= cfg.val_split < 1, "validation split must be in [0, 1)"),
         (cfg.patience >= 0, "patience must be >= 0"),
         (cfg.loss in ("cross_entropy", "mse"), "loss must be cross_entropy or mse"),

@@ -278,6 +278,10 @@ def train(
                   "test": len(splits.test) if splits.test else 0, "classes": splits.classes})
 
     optimizer = make_optimizer(config.optimizer, **config.optimizer_settings())
+    resolved = optimizer.config()
+    for key in ("momentum", "weight_decay"):  # record the optimizer's defaults as used
+        if getattr(config, key) is None and key in resolved:
+            setattr(config, key, resolved[key])
     schedule = make_schedule(config.schedule, config.lr, step_size=config.step_size,
                              gamma=config.gamma, min_lr=config.min_lr, total=config.epochs,
                              warmup=config.warmup)
@@ -313,7 +317,7 @@ def train(
                 (run_dir / name).unlink(missing_ok=True)
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "config.yaml", _dump_yaml(
-            {"spec": spec.file, "data": str(data), "training": config.to_dict()}))
+            {"spec": spec.file, "data": str(Path(data).resolve()), "training": config.to_dict()}))
         if spec.text is not None:
             atomic_write_text(run_dir / "spec.yaml", spec.text)
     ckpt_dir = run_dir / "checkpoints"
@@ -335,7 +339,7 @@ def train(
             "fit_rule": splits.fit_rule, "epoch": epoch, "config": config.to_dict(),
             "rng": streams.states(), "history": history, "best_value": best_value,
             "since_best": since_best,
-            "monitor": monitor, "loss": config.loss, "data": str(data),
+            "monitor": monitor, "loss": config.loss, "data": str(Path(data).resolve()),
         }
         save_checkpoint(path, arrays, meta)
 

@@ -236,6 +236,30 @@ def test_pool_output_size(size, k, s, p, ceil, expected):
     assert ref.pool_output_size(size, k, s, p, ceil) == expected
 
 
+@SETTINGS
+@given(
+    size=st.integers(1, 40),
+    k=st.integers(1, 7),
+    s=st.integers(1, 4),
+    p=st.integers(0, 3),
+    d=st.integers(1, 3),
+    ceil=st.booleans(),
+)
+def test_shape_rules_agree_with_the_reference(size, k, s, p, d, ceil):
+    """ops' checked shape rules agree with the loops in reference and the calculator's."""
+    if size + 2 * p >= d * (k - 1) + 1:
+        assert (
+            conv.conv_output_size(size, k, s, p, d)
+            == ref.conv2d(
+                np.zeros((1, 1, size, 1)), np.zeros((1, 1, k, 1)), None, (s, 1), (p, 0), (d, 1)
+            ).shape[2]
+        )
+    if p <= k // 2 and size + 2 * p >= k:
+        assert pool.pool_output_size(size, k, s, p, ceil) == ref.pool_output_size(
+            size, k, s, p, ceil
+        )
+
+
 def test_pool_shape_errors():
     with pytest.raises(ShapeMismatchError, match="half the kernel"):
         pool.pool_output_size(8, 2, 2, 2)
