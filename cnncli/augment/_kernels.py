@@ -170,6 +170,38 @@ def _blend(acc, k, fillv):
 
 
 @njit(cache=True, nogil=True, boundscheck=False)
+def _row_setup(a, b, c0, d, e, f, y, W, H, C, ifw, ifh, mode, bilinear, off, dxo, dyo, wx, wy, cov):
+    """Taps, weights and coverage of output row ``y``; returns (lo, hi): pixels lo..hi-1 are
+    fully covered with all four taps inside the image (the fast loop, constant tap offsets),
+    ``cov`` is set for the others."""
+    ow = off.shape[0]
+    xrow = a * 0.5 + b * (y + 0.5) + c0
+    yrow = d * 0.5 + e * (y + 0.5) + f
+    if not bilinear:
+        _taps_nearest(a, d, xrow, yrow, W, H, C, mode, off, dxo, dyo, wx, wy, cov)
+        return 0, 0
+    if mode == BORDER_REFLECT:
+        _taps_reflect(a, d, xrow, yrow, W, H, C, off, dxo, dyo, wx, wy)
+    else:
+        _taps_clamped(a, d, xrow, yrow, W, H, C, off, dxo, dyo, wx, wy)
+    lx, hx = _span(xrow, a, 0.5, W - 0.5, ow)  # taps x0, x0 + 1 inside
+    ly, hy = _span(yrow, d, 0.5, H - 0.5, ow)
+    lo, hi = max(lx, ly), min(hx, hy)
+    if mode == BORDER_CONSTANT:
+        lc, hc = _full_span(a, d, xrow, yrow, W, H, ifw, ifh, ow)
+        lo, hi = max(lo, lc), min(hi, hc)
+    if hi <= lo:
+        lo, hi = 0, 0
+    if mode == BORDER_CONSTANT:
+        _coverage(a, d, xrow, yrow, W, H, ifw, ifh, cov, 0, lo)
+        _coverage(a, d, xrow, yrow, W, H, ifw, ifh, cov, hi, ow)
+    else:
+        cov[:lo] = FRAC
+        cov[hi:] = FRAC
+    return lo, hi
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
 def warp_affine(src, m, out, fill, mode, bilinear):
     """Fill ``out`` (oh, ow, C) by sampling ``src`` (H, W, C) at ``m @ (c + .5, r + .5, 1)``.
 
@@ -195,32 +227,9 @@ def warp_affine(src, m, out, fill, mode, bilinear):
         fillv[ch] = fill[ch]
     dxc, dyc = C, W * C  # tap offsets away from the edges
     for y in range(oh):
-        xrow = a * 0.5 + b * (y + 0.5) + c0
-        yrow = d * 0.5 + e * (y + 0.5) + f
-        # Pixels lo..hi-1 are fully covered with all four taps inside the image (the fast
-        # loop, constant tap offsets); cov[] is set for the others.
-        lo, hi = 0, 0
-        if not bilinear:
-            _taps_nearest(a, d, xrow, yrow, W, H, C, mode, off, dxo, dyo, wx, wy, cov)
-        else:
-            if mode == BORDER_REFLECT:
-                _taps_reflect(a, d, xrow, yrow, W, H, C, off, dxo, dyo, wx, wy)
-            else:
-                _taps_clamped(a, d, xrow, yrow, W, H, C, off, dxo, dyo, wx, wy)
-            lx, hx = _span(xrow, a, 0.5, W - 0.5, ow)  # taps x0, x0 + 1 inside
-            ly, hy = _span(yrow, d, 0.5, H - 0.5, ow)
-            lo, hi = max(lx, ly), min(hx, hy)
-            if mode == BORDER_CONSTANT:
-                lc, hc = _full_span(a, d, xrow, yrow, W, H, ifw, ifh, ow)
-                lo, hi = max(lo, lc), min(hi, hc)
-            if hi <= lo:
-                lo, hi = 0, 0
-            if mode == BORDER_CONSTANT:
-                _coverage(a, d, xrow, yrow, W, H, ifw, ifh, cov, 0, lo)
-                _coverage(a, d, xrow, yrow, W, H, ifw, ifh, cov, hi, ow)
-            else:
-                cov[:lo] = FRAC
-                cov[hi:] = FRAC
+        lo, hi = _row_setup(
+            a, b, c0, d, e, f, y, W, H, C, ifw, ifh, mode, bilinear, off, dxo, dyo, wx, wy, cov
+        )
         base = y * ow * C
         if C == 3:
             for x in range(lo, hi):
@@ -317,6 +326,50 @@ def channel_histograms(img, nbins):
     return hist
 
 
+@njit(cache=True, nogil=True, boundscheck=False)
+def warp_affine_batch(x, mats, out, fill, mode, bilinear):
+    """Float twin of :func:`warp_affine` for training batches: ``x`` (N, C, H, W) float32,
+    ``mats`` (N, 2, 3), ``out`` (N, C, oh, ow) float32, ``fill`` a value.
+
+    Same taps, weights (1/FRAC steps) and coverage as the integer kernel; sums are float32
+    and not rounded.
+    """
+    N, C, H, W = x.shape
+    oh, ow = out.shape[2], out.shape[3]
+    off = np.empty(ow, np.int64)
+    dxo = np.empty(ow, np.int64)
+    dyo = np.empty(ow, np.int64)
+    wx = np.empty(ow, np.int64)
+    wy = np.empty(ow, np.int64)
+    cov = np.empty(ow, np.int64)
+    inv = np.float32(1.0 / FRAC)
+    fv = np.float32(fill)
+    for n in range(N):
+        a, b, c0 = mats[n, 0, 0], mats[n, 0, 1], mats[n, 0, 2]
+        d, e, f = mats[n, 1, 0], mats[n, 1, 1], mats[n, 1, 2]
+        ifw = 1.0 / max(abs(a) + abs(b), 1e-12)
+        ifh = 1.0 / max(abs(d) + abs(e), 1e-12)
+        for y in range(oh):
+            lo, hi = _row_setup(
+                a, b, c0, d, e, f, y, W, H, 1, ifw, ifh, mode, bilinear, off, dxo, dyo, wx, wy, cov
+            )
+            for ch in range(C):
+                p = x[n, ch].reshape(-1)
+                o = out[n, ch, y]
+                for i in range(ow):
+                    q, dx, dy = off[i], dxo[i], dyo[i]
+                    fx, fy = np.float32(wx[i]) * inv, np.float32(wy[i]) * inv
+                    t0 = p[q] + (p[q + dx] - p[q]) * fx
+                    t1 = p[q + dy] + (p[q + dy + dx] - p[q + dy]) * fx
+                    v = t0 + (t1 - t0) * fy
+                    k = FRAC if lo <= i < hi else cov[i]  # cov[] is set outside the span
+                    if k != FRAC:
+                        kf = np.float32(k) * inv
+                        v = v * kf + fv * (np.float32(1.0) - kf)
+                    o[i] = v
+    return out
+
+
 def warm_up() -> None:
     """Compile (or load from numba's on-disk cache) every kernel for uint8 and uint16 images.
 
@@ -335,3 +388,8 @@ def warm_up() -> None:
             nbins = int(np.iinfo(dtype).max) + 1
             apply_luts(src, np.zeros((3, nbins), dtype), np.zeros_like(src))
             channel_histograms(src, nbins)
+    xb = np.zeros((1, 1, 4, 4), np.float32)
+    for bilinear in (True, False):
+        warp_affine_batch(
+            xb, np.eye(3)[None, :2], np.zeros((1, 1, 2, 2), np.float32), 0.0, 0, bilinear
+        )

@@ -10,6 +10,9 @@ Spatial pooling follows PyTorch exactly:
   past the padded input (ceil_mode) divide by the part inside the padded input;
 * **l2**: ``y = sqrt(sum over the window of x**2)`` (torch ``lp_pool2d`` with norm 2: no
   1/k**2); padding contributes zeros; backward ``dx += dy * x / y`` (no gradient if y == 0).
+  Torch has no padding for lp_pool2d, and with ceil_mode it rescales a partial window by
+  k*k / (elements inside), an artefact of computing it through avg_pool2d; here a partial
+  window is simply the norm of what it covers.
 """
 
 from __future__ import annotations

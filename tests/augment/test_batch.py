@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from cnncli.augment import functional as F
-from cnncli.augment.batch import augment_batch, supported_ops, warp_batch
+from cnncli.augment.batch import augment_batch, supported_ops, warp_batch, warp_batch_reference
 from cnncli.augment.pipeline import Pipeline, parse_ops, preset
 from cnncli.augment.transforms import OPS, PipelineError
 
@@ -123,3 +123,22 @@ def test_accepts_preset_names_and_grey_batches():
     with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
         augment_batch(x[0], "digits", np.random.default_rng(0))
     assert augment_batch(x[:0], Pipeline([]), np.random.default_rng(0)).shape == (0, 1, 28, 28)
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "nearest"])
+@pytest.mark.parametrize("border", ["constant", "edge", "reflect"])
+def test_batch_kernel_matches_its_numpy_twin(border, interpolation):
+    rng = np.random.default_rng(5)
+    x = rng.random((5, 2, 13, 17), dtype=np.float32)
+    mats = np.stack(
+        [
+            F.translation(rng.uniform(-3, 3), rng.uniform(-3, 3))
+            @ F.rotation_matrix((13, 17), rng.uniform(-180, 180))
+            @ F.scale_matrix((13, 17), rng.uniform(0.5, 1.5))
+            for _ in range(5)
+        ]
+    )
+    kw = {"interpolation": interpolation, "border": border, "fill": 0.25}
+    fast = warp_batch(x, mats, (11, 19), **kw)
+    slow = warp_batch_reference(x, mats, (11, 19), **kw)
+    np.testing.assert_allclose(fast, slow, atol=2e-3)  # 1/1024 weight steps
