@@ -48,7 +48,7 @@ def torch_model(model, torch):
     """The same network in PyTorch, with our initial weights copied in (OIHW, [out, in])."""
     nn = torch.nn
     layers = []
-    for node in model.network.nodes:
+    for node in (n for n in model.network.rows() if not n.layer.is_block):
         cfg, t = node.layer.cfg, node.type
         if t == "conv":
             c = node.in_shape[2]
@@ -60,6 +60,8 @@ def torch_model(model, torch):
             m = (nn.MaxPool2d if cfg["type"] == "max" else nn.AvgPool2d)(cfg["size"], cfg["stride"])
         elif t == "flatten":
             m = nn.Flatten()
+        elif t in ("relu", "tanh", "sigmoid"):
+            m = {"relu": nn.ReLU(), "tanh": nn.Tanh(), "sigmoid": nn.Sigmoid()}[t]
         else:
             raise SystemExit(f"benchmark: no PyTorch twin for layer type {t}")
         if node.params:

@@ -47,7 +47,7 @@ def _md(text: str) -> str:
 def vocabulary_markdown(vocab: list[dict[str, Any]]) -> str:
     lines = []
     for e in vocab:
-        lines += [f"### `{e['type']}`", "", _md(e["doc"]), ""]
+        lines += [f"#### `{e['type']}`", "", _md(e["doc"]), ""]
         if e["params"]:
             lines += ["| parameter | accepts | default | meaning |", "| --- | --- | --- | --- |"]
             lines += [

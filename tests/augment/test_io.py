@@ -124,3 +124,30 @@ def test_other_formats_round_trip(tmp_path):
         path.write_bytes(encode_image(pixels, meta, fmt))
         again, meta2 = read_image(path)
         assert again.shape == pixels.shape and meta2.format == fmt
+
+
+def _png48(path: Path, w: int = 4, h: int = 3) -> None:
+    """A 16-bit-per-channel RGB PNG, written by hand (Pillow cannot write one)."""
+    import struct
+    import zlib
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        body = tag + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    rows = b"".join(b"\x00" + bytes(range(6 * w)) for _ in range(h))
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
+
+
+def test_48_bit_png_is_read_with_a_warning(tmp_path):
+    path = tmp_path / "deep.png"
+    _png48(path)
+    pixels, meta = read_image(path)
+    assert pixels.shape == (3, 4, 3) and pixels.dtype == np.uint8
+    assert any("8 bits per channel" in w for w in meta.warnings)
