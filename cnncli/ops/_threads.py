@@ -1,0 +1,189 @@
+"""Batch-parallel execution of the op cores on a small pool of Python threads.
+
+The cores of conv and pooling process a batch image by image (or chunk by chunk), and
+every image is independent. They therefore split the batch into ``workers()`` contiguous
+parts and run one part per thread. Inside such a region OpenBLAS is switched to one thread:
+each worker's GEMMs then run on its own core, next to its own (serial, ``nogil``) Numba
+kernels, instead of every small GEMM being split over both cores and the Numba kernels
+leaving a core idle (and fighting OpenBLAS's spinning worker threads).
+
+* The split depends only on the batch size and the worker count, never on timing, so
+  results are deterministic run to run. Reductions over the batch (weight gradients) are
+  computed per part and summed in part order.
+* The worker count is ``CNNCLI_NUM_THREADS``, else ``OPENBLAS_NUM_THREADS`` /
+  ``OMP_NUM_THREADS``, else the CPUs this process may use. With one worker everything runs
+  in the calling thread, unchanged.
+* When OpenBLAS's thread control cannot be found (another BLAS), the regions still run in
+  parallel with the BLAS's own setting; that is correct, only possibly slower.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import glob
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+
+_MAX_WORKERS = 8
+_lock = threading.Lock()
+_pool: ThreadPoolExecutor | None = None
+_workers: int | None = None
+_blas: tuple[Any, Any] | None | bool = False  # False: not looked up yet
+_depth = threading.local()
+
+
+def _env_threads() -> int | None:
+    for var in ("CNNCLI_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
+        v = os.environ.get(var, "").strip()
+        if v:
+            try:
+                return max(1, int(v))
+            except ValueError:
+                continue
+    return None
+
+
+def workers() -> int:
+    """How many parts a batch is split into (1: run serially in the caller)."""
+    global _workers
+    if _workers is None:
+        n = _env_threads()
+        if n is None:
+            try:
+                n = len(os.sched_getaffinity(0))
+            except (AttributeError, OSError):
+                n = os.cpu_count() or 1
+        _workers = max(1, min(_MAX_WORKERS, n))
+    return _workers
+
+
+def set_workers(n: int | None) -> None:
+    """Override the worker count (None: back to the environment's); for tests/benchmarks."""
+    global _workers, _pool
+    with _lock:
+        _workers = None if n is None else max(1, min(_MAX_WORKERS, int(n)))
+        if _pool is not None:
+            _pool.shutdown(wait=True)
+            _pool = None
+
+
+def _blas_control():
+    """(get, set) for the OpenBLAS bundled with NumPy, or None."""
+    global _blas
+    if _blas is False:
+        found = None
+        try:
+            libdir = os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs")
+            for path in sorted(glob.glob(os.path.join(libdir, "*openblas*"))):
+                lib = ctypes.CDLL(path)
+                for prefix in ("scipy_openblas", "openblas"):
+                    for suffix in ("64_", ""):
+                        try:
+                            get = getattr(lib, f"{prefix}_get_num_threads{suffix}")
+                            put = getattr(lib, f"{prefix}_set_num_threads{suffix}")
+                        except AttributeError:
+                            continue
+                        get.restype = ctypes.c_int
+                        put.argtypes = [ctypes.c_int]
+                        found = (get, put)
+                        break
+                    if found:
+                        break
+                if found:
+                    break
+        except OSError:
+            found = None
+        _blas = found
+    return _blas
+
+
+@contextmanager
+def single_threaded_blas():
+    """OpenBLAS on one thread for the duration (restored afterwards)."""
+    ctl = _blas_control()
+    if not ctl:
+        yield
+        return
+    get, put = ctl
+    old = get()
+    if old != 1:
+        put(1)
+    try:
+        yield
+    finally:
+        if old != 1:
+            put(old)
+
+
+def _get_pool(n: int) -> ThreadPoolExecutor:
+    global _pool
+    with _lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=n - 1, thread_name_prefix="cnncli-op")
+        return _pool
+
+
+def split(n: int, parts: int) -> list[tuple[int, int]]:
+    """``parts`` contiguous ranges covering [0, n) with sizes differing by at most one
+    (fewer when n < parts)."""
+    parts = max(1, min(parts, n))
+    q, r = divmod(n, parts)
+    out, lo = [], 0
+    for i in range(parts):
+        hi = lo + q + (1 if i < r else 0)
+        out.append((lo, hi))
+        lo = hi
+    return out
+
+
+def over_batch(fn: Callable[[int, int, int], Any], n: int, min_items: int = 1) -> list[Any]:
+    """Run ``fn(lo, hi, part)`` for contiguous parts of range(n), in parallel; return the
+    results in part order. Parts have at least ``min_items`` items (so tiny batches stay
+    serial). Nested calls (from inside a part) run serially."""
+    w = workers()
+    if getattr(_depth, "inside", False):
+        w = 1
+    parts = split(n, min(w, max(1, n // max(1, min_items))))
+    if len(parts) == 1:
+        return [fn(0, n, 0)]
+    pool = _get_pool(w)
+
+    def call(lo: int, hi: int, i: int) -> Any:
+        _depth.inside = True
+        try:
+            return fn(lo, hi, i)
+        finally:
+            _depth.inside = False
+
+    with single_threaded_blas():
+        futures = [pool.submit(call, lo, hi, i) for i, (lo, hi) in enumerate(parts[1:], 1)]
+        try:
+            first = call(*parts[0], 0)
+        finally:
+            rest = [f.result() for f in futures]
+    return [first, *rest]
+
+
+# ---------------------------------------------------------------------------------------
+# workspaces: scratch buffers reused across calls, one set per part
+# ---------------------------------------------------------------------------------------
+
+_workspaces: dict[tuple, np.ndarray] = {}
+
+
+def workspace(tag: str, part: int, size: int, dtype: Any) -> np.ndarray:
+    """A 1-D scratch array of at least ``size`` elements, reused across calls with the
+    same (tag, part, dtype). Its contents are undefined; callers overwrite what they use.
+    Never hand a workspace (or a view of one) out of the op: the next call reuses it."""
+    key = (tag, part, np.dtype(dtype).str)
+    buf = _workspaces.get(key)
+    if buf is None or buf.size < size:
+        buf = np.empty(max(size, 1), dtype=dtype)
+        _workspaces[key] = buf
+    return buf[:size]
