@@ -103,3 +103,28 @@ def test_lenet5_three_sgd_steps_through_the_training_step():
     out = model.forward(z["x"], training=False, logits=True)
     losses.append(loss_and_grad("cross_entropy", out, z["labels"])[0])
     np.testing.assert_allclose(losses, z["loss_steps"], rtol=0, atol=ATOL)
+
+
+@pytest.mark.parametrize("name", ["dense.npz", "dense_flatten.npz"])
+def test_dense_layer_through_the_model(name):
+    """The dense layer itself (with flatten before it where the input is NCHW)."""
+    z = _load(name)
+    x = z["x"]
+    units = z["w"].shape[0]
+    if x.ndim == 4:
+        _, c, h, w = x.shape
+        layers = ["flatten", {"dense": {"name": "fc", "units": units}}]
+        shape = [h, w, c]
+    else:
+        layers = [{"dense": {"name": "fc", "units": units}}]
+        shape = [1, 1, x.shape[1]]
+        x = x.reshape(x.shape[0], x.shape[1], 1, 1)
+    model = build_model({"name": "d", "input": shape, "layers": layers}, dtype=np.float64)
+    model.set("fc.weight", z["w"])
+    model.set("fc.bias", z["b"])
+    y = model.forward(x, training=True)
+    np.testing.assert_allclose(y, z["y"], rtol=0, atol=ATOL)
+    dx = model.backward(z["dy"])
+    np.testing.assert_allclose(dx.reshape(z["dx"].shape), z["dx"], rtol=0, atol=ATOL)
+    np.testing.assert_allclose(model.grads["fc.weight"], z["dw"], rtol=0, atol=ATOL)
+    np.testing.assert_allclose(model.grads["fc.bias"], z["db"], rtol=0, atol=ATOL)
