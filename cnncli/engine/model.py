@@ -29,6 +29,9 @@ class _Run:
     training: bool
     rng: np.random.Generator | None
     logits_of: str | None = None  # path of the layer whose softmax is skipped (fused loss)
+    #: Path of the leaf node whose input gradient nobody needs (set by
+    #: ``Model.backward(..., input_grad=False)``): it may skip computing it.
+    skip_input_grad: str | None = None
 
     def run(self, nodes: list[Node], x: np.ndarray) -> tuple[np.ndarray, list]:
         caches = []
@@ -143,12 +146,18 @@ class Model:
         self._cache, self._run = caches, run
         return y
 
-    def backward(self, dy: np.ndarray) -> np.ndarray:
-        """Gradients of sum(y * dy) (y the last forward's output) into :attr:`grads`."""
+    def backward(self, dy: np.ndarray, *, input_grad: bool = True) -> np.ndarray | None:
+        """Gradients of sum(y * dy) (y the last forward's output) into :attr:`grads`.
+
+        Returns the gradient with respect to the input; with ``input_grad=False`` (training
+        needs only the parameter gradients) the first layer may skip it and None may be
+        returned."""
         if self._cache is None or self._run is None:
             raise RuntimeError("backward() needs a forward() first")
         self.grads.clear()
-        return self._run.unrun(self.network.nodes, dy, self._cache)
+        self._run.skip_input_grad = None if input_grad else _first_leaf(self.network.nodes)
+        dx = self._run.unrun(self.network.nodes, dy, self._cache)
+        return dx if input_grad else None
 
     def release(self) -> None:
         """Drop the forward caches (frees activation memory after evaluation)."""
@@ -186,6 +195,22 @@ class Model:
     @property
     def num_params(self) -> int:
         return int(sum(p.size for p in self.params.values()))
+
+
+def _first_leaf(nodes: list[Node]) -> str | None:
+    """Path of the leaf layer that receives the network input directly and alone: the
+    first node, descending into sequential blocks (not into residual/parallel blocks, where
+    the input also flows elsewhere)."""
+    from cnncli.layers.blocks import _Sequence
+
+    while nodes:
+        node = nodes[0]
+        if not node.layer.is_block:
+            return node.path
+        if not isinstance(node.layer, _Sequence):
+            return None
+        nodes = node.children.get("layers", [])
+    return None
 
 
 def _softmax_head(node: Node | None) -> str | None:

@@ -163,18 +163,31 @@ class Conv(_ConvBase):
     def forward(self, node: Node, x: Any, state: dict, ctx: Any) -> tuple[Any, Any]:
         from cnncli.ops import conv
 
+        act = active(self.cfg.get("activation"), node, ctx)
+        fused = act[0] if act is not None and act[0] in conv.FUSED_ACTIVATIONS else None
         z, cache = conv.conv2d_forward(
-            x, state["weight"], state.get("bias"), self.stride, self.pad, self.dilation, self.groups
+            x, state["weight"], state.get("bias"), self.stride, self.pad, self.dilation,
+            self.groups, act=fused,
         )
-        y, act_cache = self.forward_post(node, z, ctx)
-        return y, (cache, act_cache)
+        if fused is not None:  # applied in the conv's output pass
+            y, act_cache = z, ("fused", fused)
+        else:
+            y, act_cache = self.forward_post(node, z, ctx)
+        # The engine's run context says, at backward time, whether this node's input
+        # gradient is wanted (not for the network's first layer during training).
+        return y, (cache, act_cache, ctx, y)
 
     def backward(self, node: Node, dy: Any, cache: Any, state: dict, grads: dict) -> Any:
         from cnncli.ops import conv
 
-        conv_cache, act_cache = cache
-        dz = self.backward_pre(dy, act_cache)
-        dx, dw, db = conv.conv2d_backward(dz, conv_cache)
+        conv_cache, act_cache, ctx, y = cache
+        need_dx = getattr(ctx, "skip_input_grad", None) != node.path
+        if act_cache[0] == "fused":
+            dx, dw, db = conv.conv2d_backward(dy, conv_cache, need_dx=need_dx,
+                                              act=(act_cache[1], y))
+        else:
+            dz = self.backward_pre(dy, act_cache)
+            dx, dw, db = conv.conv2d_backward(dz, conv_cache, need_dx=need_dx)
         grads["weight"] = dw
         if db is not None:
             grads["bias"] = db

@@ -116,9 +116,10 @@ def col2im(cols, n0, nb, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, dx):
 
 
 @njit(**_OPTS)
-def rows_to_nchw(rows, b, n0, nb, wr, y):
+def rows_to_nchw(rows, b, relu, n0, nb, wr, y):
     """y[n0+n, k, i, j] = rows[k, (n*Ho + i)*wr + j] (+ b[k] when b has K entries) for
-    j < Wo: the GEMM output back to NCHW, dropping the ``wr - Wo`` wide columns."""
+    j < Wo: the GEMM output back to NCHW, dropping the ``wr - Wo`` wide columns. With
+    ``relu`` negative values become 0 (NaN passes, as in np.maximum)."""
     N, K, Ho, Wo = y.shape
     L = nb * Ho * wr
     rf = rows.reshape(-1)
@@ -131,8 +132,13 @@ def rows_to_nchw(rows, b, n0, nb, wr, y):
         for i in range(Ho):
             src = k * L + (n * Ho + i) * wr
             dst = (((n0 + n) * K + k) * Ho + i) * Wo
-            for j in range(Wo):
-                yf[_u(dst + j)] = rf[_u(src + j)] + bk
+            if relu:
+                for j in range(Wo):
+                    v = rf[_u(src + j)] + bk
+                    yf[_u(dst + j)] = 0 if v < 0 else v
+            else:
+                for j in range(Wo):
+                    yf[_u(dst + j)] = rf[_u(src + j)] + bk
 
 
 @njit(**_OPTS)

@@ -235,11 +235,14 @@ def _plan(g: ConvGeometry, n: int, c: int, itemsize: int) -> _Plan:
     return _Plan(wide, wide and (ph > 0 or pw > 0), _chunk(n, r, g.out_hw[0] * wr, itemsize), wr, r)
 
 
-def _padded_buffer(plan: _Plan, g: ConvGeometry, c: int, dtype) -> np.ndarray | None:
+def _padded_buffer(plan: _Plan, g: ConvGeometry, c: int, dtype, nb: int,
+                   part: int) -> np.ndarray | None:
     if not plan.padded:
         return None
+    from cnncli.ops import _threads
+
     (h, w), (ph, pw) = g.in_hw, g.padding
-    return np.empty(plan.nb * c * (h + 2 * ph) * (w + 2 * pw), dtype=dtype)
+    return _threads.workspace("conv.pad", part, nb * c * (h + 2 * ph) * (w + 2 * pw), dtype)
 
 
 def _fill_cols(kern, x, n0, m, g: ConvGeometry, plan: _Plan, cols, pad_buf) -> None:
@@ -280,57 +283,98 @@ def _is_direct(g: ConvGeometry, k: int, taps: int | None = None) -> bool:
     return k <= DIRECT_MAX_CHANNELS or (taps is not None and taps <= DIRECT_MAX_TAPS)
 
 
-def _forward_core(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, g: ConvGeometry):
-    """y = conv2d(x, w) + b for contiguous, validated arrays."""
+#: Activations that conv2d_forward can apply in its output pass (``act=``).
+FUSED_ACTIVATIONS = ("relu", "tanh")
+#: Images per call of the direct forward kernel (keeps its output cache-hot for the
+#: fused activation).
+_DIRECT_IMAGES = 8
+
+
+def _act_inplace(y: np.ndarray, act: str | None) -> None:
+    """Apply a fused activation to (a slice of) the output, in place."""
+    if act == "tanh":
+        np.tanh(y, out=y)
+    elif act == "relu":
+        np.maximum(y, 0, out=y)
+
+
+def _forward_core(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, g: ConvGeometry,
+                  act: str | None = None):
+    """y = act(conv2d(x, w) + b) for contiguous, validated arrays (act: None, relu, tanh).
+
+    The batch is split over the worker threads (``_threads.over_batch``); each part runs
+    its chunks with its own reused workspaces."""
+    from cnncli.ops import _threads
+
     n, c = x.shape[:2]
     k = w.shape[0]
     ho, wo = g.out_hw
     y = np.empty((n, k, ho, wo), dtype=x.dtype)
     w2 = w.reshape(k, -1)
     bias = b if b is not None else np.empty(0, dtype=x.dtype)
-    if _is_dense(g):
-        np.matmul(x.reshape(n, -1), w2.T, out=y.reshape(n, k))
+    if _is_dense(g) or _is_pointwise(g):
+        if _is_dense(g):
+            np.matmul(x.reshape(n, -1), w2.T, out=y.reshape(n, k))
+        else:
+            np.matmul(w2, x.reshape(n, c, ho * wo), out=y.reshape(n, k, ho * wo))
         if b is not None:
             y += b.reshape(1, k, 1, 1)
-        return y
-    if _is_pointwise(g):
-        np.matmul(w2, x.reshape(n, c, ho * wo), out=y.reshape(n, k, ho * wo))
-        if b is not None:
-            y += b.reshape(1, k, 1, 1)
+        _act_inplace(y, act)
         return y
 
     from cnncli.ops import _kernels as kern
 
     if _is_direct(g, k):
         (kh, kw), (ph, pw), (dh, dw) = g.kernel, g.padding, g.dilation
-        kern.direct_conv_forward(x, w2, bias, kh, kw, ph, pw, dh, dw, ho, wo, y)
+
+        def direct(lo: int, hi: int, part: int) -> None:
+            for n0 in range(lo, hi, _DIRECT_IMAGES):
+                n1 = min(hi, n0 + _DIRECT_IMAGES)
+                kern.direct_conv_forward(x[n0:n1], w2, bias, kh, kw, ph, pw, dh, dw, ho, wo,
+                                         y[n0:n1])
+                _act_inplace(y[n0:n1], act)
+
+        _threads.over_batch(direct, n)
         return y
     groups = g.groups
     plan = _plan(g, n, c, x.itemsize)
     q = ho * plan.wr
-    cols_buf = np.empty(plan.rows * plan.nb * q, dtype=x.dtype)
-    rows_buf = np.empty(k * plan.nb * q, dtype=x.dtype)
-    pad_buf = _padded_buffer(plan, g, c, x.dtype)
     wg = w2.reshape(groups, k // groups, -1)
-    for n0 in range(0, n, plan.nb):
-        m = min(plan.nb, n - n0)
-        ln = m * q
-        cols = cols_buf[: plan.rows * ln].reshape(plan.rows, ln)
-        _fill_cols(kern, x, n0, m, g, plan, cols, pad_buf)
-        rows = rows_buf[: k * ln].reshape(k, ln)
-        if groups == 1:
-            np.matmul(w2, cols, out=rows)
-        else:
-            np.matmul(wg, cols.reshape(groups, -1, ln), out=rows.reshape(groups, -1, ln))
-        kern.rows_to_nchw(rows, bias, n0, m, plan.wr, y)
+    relu = act == "relu"
+
+    def chunks(lo: int, hi: int, part: int) -> None:
+        nb = min(plan.nb, hi - lo)
+        cols_buf = _threads.workspace("conv.cols", part, plan.rows * nb * q, x.dtype)
+        rows_buf = _threads.workspace("conv.rows", part, k * nb * q, x.dtype)
+        pad_buf = _padded_buffer(plan, g, c, x.dtype, nb, part)
+        for n0 in range(lo, hi, nb):
+            m = min(nb, hi - n0)
+            ln = m * q
+            cols = cols_buf[: plan.rows * ln].reshape(plan.rows, ln)
+            _fill_cols(kern, x, n0, m, g, plan, cols, pad_buf)
+            rows = rows_buf[: k * ln].reshape(k, ln)
+            if groups == 1:
+                np.matmul(w2, cols, out=rows)
+            else:
+                np.matmul(wg, cols.reshape(groups, -1, ln), out=rows.reshape(groups, -1, ln))
+            kern.rows_to_nchw(rows, bias, relu, n0, m, plan.wr, y)
+            if act == "tanh":
+                np.tanh(y[n0:n0 + m], out=y[n0:n0 + m])
+
+    _threads.over_batch(chunks, n)
     return y
 
 
-def _backward_core(x, dy, w, g: ConvGeometry, need_dx: bool, need_dw: bool):
-    """(dx, dw) of y = conv2d(x, w) given dy, for contiguous validated arrays.
+def _backward_core(x, dy, w, g: ConvGeometry, need_dx: bool, need_dw: bool, prep=None):
+    """(dx, dw, extras) of y = conv2d(x, w) given dy, for contiguous validated arrays.
 
     ``x`` may be None when only dx is needed (its shape is then taken from ``g``).
+    ``prep(lo, hi)``, when given, runs first on each part of the batch (in that part's
+    thread) and may fill ``dy[lo:hi]``; its return values come back as ``extras`` in part
+    order (the fused activation derivative and the bias gradient use this).
     """
+    from cnncli.ops import _threads
+
     n, k = dy.shape[:2]
     c = w.shape[1] * g.groups
     ho, wo = g.out_hw
@@ -340,6 +384,7 @@ def _backward_core(x, dy, w, g: ConvGeometry, need_dx: bool, need_dw: bool):
     dw = None
 
     if _is_dense(g) or _is_pointwise(g):
+        extras = _threads.over_batch(lambda lo, hi, p: prep(lo, hi), n) if prep else []
         dense = _is_dense(g)
         d2 = dy.reshape(n, k) if dense else dy.reshape(n, k, ho * wo)
         if need_dx:
@@ -353,51 +398,64 @@ def _backward_core(x, dy, w, g: ConvGeometry, need_dx: bool, need_dw: bool):
             else:
                 dw = np.matmul(d2, x.reshape(n, c, h * wd).transpose(0, 2, 1)).sum(axis=0)
                 dw = dw.reshape(w.shape)
-        return dx, dw
+        return dx, dw, extras
 
     from cnncli.ops import _kernels as kern
 
     (kh, kw) = g.kernel
-    if need_dw and _is_direct(g, k, c * kh * kw):
-        (ph, pw), (dh, dwl) = g.padding, g.dilation
-        dwpk = np.empty((-(-k // 4), c * kh * kw, 4), dtype=dy.dtype)
-        kern.direct_conv_weight_grad(x, dy, kh, kw, ph, pw, dh, dwl, dwpk)
-        dw = np.ascontiguousarray(dwpk.transpose(0, 2, 1).reshape(-1, c * kh * kw)[:k])
-        dw = dw.reshape(w.shape)
-        need_dw = False
-        if not need_dx:
-            return None, dw
+    direct_dw = need_dw and _is_direct(g, k, c * kh * kw)
     groups = g.groups
     plan = _plan(g, n, c, dy.itemsize)
     r, q = plan.rows, ho * plan.wr
     kg, rg = k // groups, r // groups
     wg = w2.reshape(groups, kg, rg)
-    cols_buf = np.empty(r * plan.nb * q, dtype=dy.dtype)
-    rows_buf = np.empty(k * plan.nb * q, dtype=dy.dtype)
-    pad_buf = _padded_buffer(plan, g, c, dy.dtype)
+    gemm_dw = need_dw and not direct_dw
+
+    def part(lo: int, hi: int, p: int):
+        extra = prep(lo, hi) if prep else None
+        dwp = None
+        if direct_dw:
+            (ph, pw), (dh, dwl) = g.padding, g.dilation
+            dwpk = np.empty((-(-k // 4), c * kh * kw, 4), dtype=dy.dtype)
+            kern.direct_conv_weight_grad(x[lo:hi], dy[lo:hi], kh, kw, ph, pw, dh, dwl, dwpk)
+            dwp = dwpk.transpose(0, 2, 1).reshape(-1, c * kh * kw)[:k]
+        if not (need_dx or gemm_dw):
+            return extra, dwp
+        nb = min(plan.nb, hi - lo)
+        cols_buf = _threads.workspace("conv.cols", p, r * nb * q, dy.dtype)
+        rows_buf = _threads.workspace("conv.rows", p, k * nb * q, dy.dtype)
+        pad_buf = _padded_buffer(plan, g, c, dy.dtype, nb, p)
+        if gemm_dw:
+            # accumulate dW^T = cols @ dY^T: [rows, K] is the faster GEMM orientation
+            dw_t = np.empty((groups, rg, kg), dtype=dy.dtype)
+            dw_tmp = np.empty_like(dw_t)
+        for n0 in range(lo, hi, nb):
+            m = min(nb, hi - n0)
+            ln = m * q
+            dyt = rows_buf[: k * ln].reshape(k, ln)
+            kern.nchw_to_rows(dy, n0, m, plan.wr, dyt)
+            dyg = dyt.reshape(groups, kg, ln)
+            cols = cols_buf[: r * ln].reshape(r, ln)
+            if gemm_dw:
+                _fill_cols(kern, x, n0, m, g, plan, cols, pad_buf)
+                cg = cols.reshape(groups, rg, ln)
+                np.matmul(cg, dyg.transpose(0, 2, 1), out=dw_t if n0 == lo else dw_tmp)
+                if n0 != lo:
+                    dw_t += dw_tmp
+            if need_dx:
+                np.matmul(wg.transpose(0, 2, 1), dyg, out=cols.reshape(groups, rg, ln))
+                _scatter_cols(kern, cols, n0, m, g, plan, dx, pad_buf)
+        if gemm_dw:
+            dwp = dw_t.transpose(0, 2, 1).reshape(k, r // groups)
+        return extra, dwp
+
+    results = _threads.over_batch(part, n)
     if need_dw:
-        # accumulate dW^T = cols @ dY^T: [rows, K] is the faster GEMM orientation
-        dw_t = np.empty((groups, rg, kg), dtype=dy.dtype)
-        dw_tmp = np.empty_like(dw_t)
-    for n0 in range(0, n, plan.nb):
-        m = min(plan.nb, n - n0)
-        ln = m * q
-        dyt = rows_buf[: k * ln].reshape(k, ln)
-        kern.nchw_to_rows(dy, n0, m, plan.wr, dyt)
-        dyg = dyt.reshape(groups, kg, ln)
-        cols = cols_buf[: r * ln].reshape(r, ln)
-        if need_dw:
-            _fill_cols(kern, x, n0, m, g, plan, cols, pad_buf)
-            cg = cols.reshape(groups, rg, ln)
-            np.matmul(cg, dyg.transpose(0, 2, 1), out=dw_t if n0 == 0 else dw_tmp)
-            if n0:
-                dw_t += dw_tmp
-        if need_dx:
-            np.matmul(wg.transpose(0, 2, 1), dyg, out=cols.reshape(groups, rg, ln))
-            _scatter_cols(kern, cols, n0, m, g, plan, dx, pad_buf)
-    if need_dw:
-        dw = np.ascontiguousarray(dw_t.transpose(0, 2, 1)).reshape(w.shape)
-    return dx, dw
+        dw = np.ascontiguousarray(results[0][1])
+        for _, dwp in results[1:]:
+            dw += dwp
+        dw = dw.reshape(w.shape)
+    return dx, dw, [e for e, _ in results]
 
 
 # ---------------------------------------------------------------------------------------
@@ -413,13 +471,21 @@ def conv2d_forward(
     padding: int | Pair,
     dilation: int | Pair = (1, 1),
     groups: int = 1,
+    *,
+    act: str | None = None,
 ) -> tuple[np.ndarray, ConvCache]:
     """y [N, K, Ho, Wo] = conv2d(x [N, C, H, W], w [K, C/groups, kh, kw]) + b [K].
 
     ``padding`` adds that many zero rows/columns on both sides. Output size per axis:
     ``floor((H + 2p - d*(k-1) - 1) / s) + 1``. Output channel k reads the input channels of
     group ``k // (K/groups)``. Returns a new contiguous array of x's dtype.
+
+    ``act`` (one of FUSED_ACTIVATIONS, or None) applies that activation in the output pass;
+    the backward pass then takes ``act=(name, y)`` to apply its derivative.
     """
+    if act is not None and act not in FUSED_ACTIVATIONS:
+        raise ShapeMismatchError(f"conv2d: act must be one of {FUSED_ACTIVATIONS} or None; "
+                                 f"got {act!r}")
     x, w = _check_arrays(x, w, b, "conv2d")
     n, c, h, wd = x.shape
     k, cg = w.shape[:2]
@@ -432,23 +498,51 @@ def conv2d_forward(
     if b is not None and b.shape != (k,):
         raise ShapeMismatchError(f"conv2d: b must have shape ({k},); got {b.shape}")
     g = _geometry((h, wd), w.shape, stride, padding, dilation, groups)
-    y = _forward_core(x, w, b, g)
+    y = _forward_core(x, w, b, g, act)
     return y, ConvCache(x, w, b is not None, g)
 
 
 def conv2d_backward(
-    dy: np.ndarray, cache: ConvCache, *, need_dx: bool = True
+    dy: np.ndarray, cache: ConvCache, *, need_dx: bool = True,
+    act: tuple[str, np.ndarray] | None = None,
 ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
     """(dx, dw, db) for L = sum(y * dy); dw and db are summed over the batch.
 
     ``db`` is None when the forward pass had no bias. ``need_dx=False`` skips the input
-    gradient (the first layer of a network) and returns dx = None.
+    gradient (the first layer of a network) and returns dx = None. ``act=(name, y)``, for
+    a forward pass run with ``act=name`` (``y`` its output), first multiplies dy by the
+    activation's derivative (part by part, in the worker threads).
     """
+    from cnncli.ops import activations
+
     x, w, has_bias, g = cache
     n, k = x.shape[0], w.shape[0]
     dy = _check_dy(dy, (n, k, *g.out_hw), x.dtype, "conv2d_backward")
-    dx, dw = _backward_core(x, dy, w, g, need_dx, True)
-    db = dy.sum(axis=(0, 2, 3)) if has_bias else None
+    prep = None
+    if act is not None:
+        name, y = act
+        if name not in FUSED_ACTIVATIONS or not isinstance(y, np.ndarray) or y.shape != dy.shape:
+            raise ShapeMismatchError(f"conv2d_backward: act must be (name, y) with name in "
+                                     f"{FUSED_ACTIVATIONS} and y of shape {dy.shape}")
+        dz = np.empty_like(dy)
+
+        def prep(lo: int, hi: int):
+            cache_part = activations.ActivationCache(None, y[lo:hi], 0.0)
+            activations.backward(name, dy[lo:hi], cache_part, out=dz[lo:hi])
+            return dz[lo:hi].sum(axis=(0, 2, 3)) if has_bias else None
+    elif has_bias:
+        dz = dy
+
+        def prep(lo: int, hi: int):
+            return dy[lo:hi].sum(axis=(0, 2, 3))
+    else:
+        dz = dy
+    dx, dw, parts = _backward_core(x, dz, w, g, need_dx, True, prep)
+    db = None
+    if has_bias:
+        db = parts[0].copy()
+        for p in parts[1:]:
+            db += p
     return dx, dw, db
 
 
@@ -492,7 +586,7 @@ def conv_transpose2d_forward(
     # The adjoint conv2d maps [N, C_out, ho, wo] -> [N, C_in, h, wd]. With output_padding
     # it would produce one more row/column than x has; those output rows are never read.
     g = ConvGeometry((kh, kw), s, p, d, groups, (ho, wo), (h, wd))
-    y, _ = _backward_core(None, x, w, g, True, False)
+    y, _, _ = _backward_core(None, x, w, g, True, False)
     if b is not None:
         y += b.reshape(1, c_out, 1, 1)
     return y, ConvTransposeCache(x, w, b is not None, g)
@@ -507,6 +601,6 @@ def conv_transpose2d_backward(
     n, c_out = x.shape[0], w.shape[1] * g.groups
     dy = _check_dy(dy, (n, c_out, *g.in_hw), x.dtype, "conv_transpose2d_backward")
     dx = _forward_core(dy, w, None, g) if need_dx else None
-    _, dw = _backward_core(dy, x, w, g, False, True)
+    _, dw, _ = _backward_core(dy, x, w, g, False, True)
     db = dy.sum(axis=(0, 2, 3)) if has_bias else None
     return dx, dw, db

@@ -23,10 +23,14 @@ import numpy as np
 
 from cnncli import arith
 from cnncli.errors import ShapeMismatchError
+from cnncli.ops import _threads
 
 Pair = tuple[int, int]
 POOL_KINDS: tuple[str, ...] = ("max", "avg", "l2")
 GLOBAL_POOL_KINDS: tuple[str, ...] = ("avg", "max")
+#: Pooling splits the batch over the worker threads only in parts of at least this many
+#: images (below that the thread hand-off costs more than it saves).
+_MIN_PART = 8
 
 
 class PoolCache(NamedTuple):
@@ -164,18 +168,27 @@ def pool2d_forward(
     two_by_two = _is_2x2(kh, kw, sh, sw, ph, pw, h, w, ho, wo)
     if kind == "max":
         argmax = np.empty((n, c, ho, wo), dtype=np.int32)
-        if two_by_two:
-            kern.maxpool2x2_forward(x, ho, wo, y, argmax)
-        else:
-            kern.maxpool2d_forward(x, kh, kw, sh, sw, ph, pw, ho, wo, y, argmax)
+
+        def part(lo, hi, _):
+            if two_by_two:
+                kern.maxpool2x2_forward(x[lo:hi], ho, wo, y[lo:hi], argmax[lo:hi])
+            else:
+                kern.maxpool2d_forward(x[lo:hi], kh, kw, sh, sw, ph, pw, ho, wo, y[lo:hi],
+                                       argmax[lo:hi])
     elif kind == "avg":
-        if two_by_two:
-            kern.avgpool2x2_forward(x, ho, wo, y)
-        else:
-            kern.avgpool2d_forward(x, kh, kw, sh, sw, ph, pw, ho, wo, y)
+
+        def part(lo, hi, _):
+            if two_by_two:
+                kern.avgpool2x2_forward(x[lo:hi], ho, wo, y[lo:hi])
+            else:
+                kern.avgpool2d_forward(x[lo:hi], kh, kw, sh, sw, ph, pw, ho, wo, y[lo:hi])
     else:
-        kern.l2pool2d_forward(x, kh, kw, sh, sw, ph, pw, ho, wo, y)
+
+        def part(lo, hi, _):
+            kern.l2pool2d_forward(x[lo:hi], kh, kw, sh, sw, ph, pw, ho, wo, y[lo:hi])
+
         keep_x, keep_y = x, y
+    _threads.over_batch(part, n, _MIN_PART)
     cache = PoolCache(
         kind, x.shape, y.shape, x.dtype, (kh, kw), (sh, sw), (ph, pw), argmax, keep_x, keep_y
     )
@@ -189,16 +202,22 @@ def pool2d_backward(dy: np.ndarray, cache: PoolCache) -> np.ndarray:
     kind, x_shape, y_shape, dtype, (kh, kw), (sh, sw), (ph, pw), argmax, x, y = cache
     dy = _check_dy(dy, y_shape, dtype, "pool2d_backward")
     dx = np.empty(x_shape, dtype=dtype)
-    if kind == "max":
-        kern.maxpool2d_backward(dy, argmax, dx)
-    elif kind == "avg":
-        h, w = x_shape[2:]
-        if _is_2x2(kh, kw, sh, sw, ph, pw, h, w, *y_shape[2:]):
-            kern.avgpool2x2_backward(dy, dx)
+    h, w = x_shape[2:]
+    two_by_two = _is_2x2(kh, kw, sh, sw, ph, pw, h, w, *y_shape[2:])
+
+    def part(lo, hi, _):
+        if kind == "max":
+            kern.maxpool2d_backward(dy[lo:hi], argmax[lo:hi], dx[lo:hi])
+        elif kind == "avg":
+            if two_by_two:
+                kern.avgpool2x2_backward(dy[lo:hi], dx[lo:hi])
+            else:
+                kern.avgpool2d_backward(dy[lo:hi], kh, kw, sh, sw, ph, pw, dx[lo:hi])
         else:
-            kern.avgpool2d_backward(dy, kh, kw, sh, sw, ph, pw, dx)
-    else:
-        kern.l2pool2d_backward(dy, x, y, kh, kw, sh, sw, ph, pw, dx)
+            kern.l2pool2d_backward(dy[lo:hi], x[lo:hi], y[lo:hi], kh, kw, sh, sw, ph, pw,
+                                   dx[lo:hi])
+
+    _threads.over_batch(part, x_shape[0], _MIN_PART)
     return dx
 
 

@@ -94,7 +94,7 @@ def train_step(model: Any, optimizer: Any, xb: np.ndarray, yb: np.ndarray,
     loss, dout, scores = loss_and_grad(loss_kind, out, yb)
     if not np.isfinite(loss):
         return loss, scores
-    model.backward(dout)
+    model.backward(dout, input_grad=False)
     optimizer.step(model.params, model.grads)
     return loss, scores
 
