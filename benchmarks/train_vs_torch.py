@@ -250,7 +250,7 @@ def memory_and_startup(memory: bool, startup: bool) -> None:
             for label in ("cold (empty Numba cache)", "warm (cached kernels)"):
                 out = tmp / f"start-{len(list(tmp.iterdir()))}"
                 t0 = time.time()
-                proc = subprocess.run(cmd[:-4] + ["--epochs", "1", "--quiet", "--format", "json",
+                proc = subprocess.run(cmd[:-5] + ["--epochs", "1", "--quiet", "--format", "json",
                                                   "--out", str(out)],
                                       env=env, capture_output=True, text=True, check=True)
                 first = json.loads(proc.stdout)["first_batch_time"]

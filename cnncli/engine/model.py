@@ -16,6 +16,7 @@ import numpy as np
 
 from cnncli.errors import ShapeMismatchError
 from cnncli.layers.base import Node
+from cnncli.ops import _threads
 from cnncli.spec import Network, Spec, load_spec, resolve
 
 _SKIP_FOR_INIT = frozenset({"batchnorm", "dropout", "pool", "flatten", "lrn", "global_pool"})
@@ -142,7 +143,8 @@ class Model:
         x = self.check_input(x)
         run = _Run(self, training, rng if rng is not None else self.training_rng,
                    self.softmax_head if logits else None)
-        y, caches = run.run(self.network.nodes, x)
+        with _threads.engine_region():
+            y, caches = run.run(self.network.nodes, x)
         self._cache, self._run = caches, run
         return y
 
@@ -156,7 +158,8 @@ class Model:
             raise RuntimeError("backward() needs a forward() first")
         self.grads.clear()
         self._run.skip_input_grad = None if input_grad else _first_leaf(self.network.nodes)
-        dx = self._run.unrun(self.network.nodes, dy, self._cache)
+        with _threads.engine_region():
+            dx = self._run.unrun(self.network.nodes, dy, self._cache)
         return dx if input_grad else None
 
     def release(self) -> None:

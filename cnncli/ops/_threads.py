@@ -121,6 +121,20 @@ def single_threaded_blas():
             put(old)
 
 
+def engine_region():
+    """Context for a whole forward or backward pass: with several workers, OpenBLAS stays
+    on one thread throughout, so that no OpenBLAS worker thread is left spinning (after a
+    GEMM outside a parallel region) on the core that one of our workers needs."""
+    if workers() > 1:
+        return single_threaded_blas()
+    return _null()
+
+
+@contextmanager
+def _null():
+    yield
+
+
 def _get_pool(n: int) -> ThreadPoolExecutor:
     global _pool
     with _lock:
@@ -142,12 +156,20 @@ def split(n: int, parts: int) -> list[tuple[int, int]]:
     return out
 
 
-def over_batch(fn: Callable[[int, int, int], Any], n: int, min_items: int = 1) -> list[Any]:
+#: Regions with less work than this (multiply-adds or element visits, roughly) run
+#: serially: handing a part to another thread costs tens of microseconds. (LeNet-5's
+#: layers are all below it; the CIFAR CNN's convolutions are well above.)
+MIN_PARALLEL_WORK = 2.5e7
+
+
+def over_batch(fn: Callable[[int, int, int], Any], n: int, min_items: int = 1,
+               work: float | None = None) -> list[Any]:
     """Run ``fn(lo, hi, part)`` for contiguous parts of range(n), in parallel; return the
-    results in part order. Parts have at least ``min_items`` items (so tiny batches stay
-    serial). Nested calls (from inside a part) run serially."""
+    results in part order. Parts have at least ``min_items`` items, and a region whose
+    ``work`` estimate is below MIN_PARALLEL_WORK runs serially (in the caller, as part 0).
+    Nested calls (from inside a part) run serially."""
     w = workers()
-    if getattr(_depth, "inside", False):
+    if getattr(_depth, "inside", False) or (work is not None and work < MIN_PARALLEL_WORK):
         w = 1
     parts = split(n, min(w, max(1, n // max(1, min_items))))
     if len(parts) == 1:

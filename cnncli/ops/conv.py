@@ -334,7 +334,7 @@ def _forward_core(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, g: ConvGeo
                                          y[n0:n1])
                 _act_inplace(y[n0:n1], act)
 
-        _threads.over_batch(direct, n)
+        _threads.over_batch(direct, n, work=y.size * w2.shape[1])
         return y
     groups = g.groups
     plan = _plan(g, n, c, x.itemsize)
@@ -361,7 +361,7 @@ def _forward_core(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, g: ConvGeo
             if act == "tanh":
                 np.tanh(y[n0:n0 + m], out=y[n0:n0 + m])
 
-    _threads.over_batch(chunks, n)
+    _threads.over_batch(chunks, n, work=y.size * w2.shape[1])
     return y
 
 
@@ -384,7 +384,8 @@ def _backward_core(x, dy, w, g: ConvGeometry, need_dx: bool, need_dw: bool, prep
     dw = None
 
     if _is_dense(g) or _is_pointwise(g):
-        extras = _threads.over_batch(lambda lo, hi, p: prep(lo, hi), n) if prep else []
+        extras = _threads.over_batch(lambda lo, hi, p: prep(lo, hi), n,
+                                     work=dy.size * 8) if prep else []
         dense = _is_dense(g)
         d2 = dy.reshape(n, k) if dense else dy.reshape(n, k, ho * wo)
         if need_dx:
@@ -449,7 +450,7 @@ def _backward_core(x, dy, w, g: ConvGeometry, need_dx: bool, need_dw: bool, prep
             dwp = dw_t.transpose(0, 2, 1).reshape(k, r // groups)
         return extra, dwp
 
-    results = _threads.over_batch(part, n)
+    results = _threads.over_batch(part, n, work=2 * dy.size * w2.shape[1])
     if need_dw:
         dw = np.ascontiguousarray(results[0][1])
         for _, dwp in results[1:]:

@@ -188,7 +188,7 @@ def pool2d_forward(
             kern.l2pool2d_forward(x[lo:hi], kh, kw, sh, sw, ph, pw, ho, wo, y[lo:hi])
 
         keep_x, keep_y = x, y
-    _threads.over_batch(part, n, _MIN_PART)
+    _threads.over_batch(part, n, _MIN_PART, work=8 * x.size)
     cache = PoolCache(
         kind, x.shape, y.shape, x.dtype, (kh, kw), (sh, sw), (ph, pw), argmax, keep_x, keep_y
     )
@@ -217,7 +217,7 @@ def pool2d_backward(dy: np.ndarray, cache: PoolCache) -> np.ndarray:
             kern.l2pool2d_backward(dy[lo:hi], x[lo:hi], y[lo:hi], kh, kw, sh, sw, ph, pw,
                                    dx[lo:hi])
 
-    _threads.over_batch(part, x_shape[0], _MIN_PART)
+    _threads.over_batch(part, x_shape[0], _MIN_PART, work=8 * dx.size)
     return dx
 
 
