@@ -155,8 +155,9 @@ def run_all(rounds: int) -> list[dict]:
     rng = np.random.default_rng(0)
     xc = rng.standard_normal((1024, 3, 32, 32)).astype(np.float32)
     yc = rng.integers(0, 10, 1024).astype(np.int64)
-    results.append(workload("CIFAR-sized CNN (random 32x32x3)", ROOT / "architectures/cifar_cnn.yaml",
-                            xc, yc, xc[:512], rounds, 64, 64, 0.01))
+    cifar = ROOT / "architectures/cifar_cnn.yaml"
+    results.append(workload("CIFAR-sized CNN (random 32x32x3)", cifar, xc, yc, xc[:512],
+                            rounds, 64, 64, 0.01))
     return results
 
 
@@ -223,7 +224,9 @@ for epoch in range(int(sys.argv[2])):
     perm = torch.randperm(len(y))
     for lo in range(0, len(y), 64):
         i = perm[lo:lo + 64]
-        opt.zero_grad(); loss = nn.functional.cross_entropy(net(x[i]), y[i]); loss.backward(); opt.step()
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(x[i]), y[i]).backward()
+        opt.step()
 '''
 
 

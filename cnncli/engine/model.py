@@ -181,7 +181,8 @@ class Model:
         if value.shape != target.shape:
             layer = name.rsplit(".", 1)[0]
             raise ShapeMismatchError(
-                f"layer '{layer}': {name} expects shape {list(target.shape)}, got {list(value.shape)}")
+                f"layer '{layer}': {name} expects shape {list(target.shape)}, "
+                f"got {list(value.shape)}")
         target[...] = value
 
     def state_dict(self) -> dict[str, np.ndarray]:

@@ -167,7 +167,8 @@ def warn_dropped(ctx: Context, layer: Layer, pending: list[tuple]) -> None:
         real = max(0, dropped - p)
 
         def n(k: int) -> str:
-            return f"{k} {word if k == 1 else word.replace('row', 'rows').replace('column', 'columns')}"
+            plural = word.replace("row", "rows").replace("column", "columns")
+            return f"{k} {word if k == 1 else plural}"
 
         head = f"({size} + 2*{p} - {f}) = {size + 2 * p - f} is not divisible by stride {s}: floor "
         if real == dropped:

@@ -221,7 +221,8 @@ class Deconv(_ConvBase):
             op, d = self.output_padding[i], self.dilation[i]
             if op >= s and op >= d:
                 raise self.error(
-                    f"output_padding {op} must be smaller than the stride ({s}) or the dilation ({d})"
+                    f"output_padding {op} must be smaller than the stride ({s}) "
+                    f"or the dilation ({d})"
                 )
             o = arith.deconv_output_size(size, f, s, p, op, d)
             if o <= 0:
