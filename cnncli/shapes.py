@@ -18,50 +18,6 @@ BYTES_PER_VALUE = 4  # float32, the engine's default
 MAC_CONVENTION = "1 MAC = 2 FLOPs; MACs count conv, deconv and dense multiply-adds only"
 
 
-def detail(node: Node) -> str:
-    """A short human description of a layer's settings, e.g. '5x5/1, valid, tanh'."""
-    layer, cfg = node.layer, node.layer.cfg
-
-    def pair(p: tuple[int, int]) -> str:
-        return str(p[0]) if p[0] == p[1] else f"{p[0]}x{p[1]}"
-
-    parts: list[str] = []
-    t = layer.type
-    if t in ("conv", "deconv"):
-        parts.append(
-            f"{pair(cfg['kernel'])}x{pair(cfg['kernel'])}/{pair(cfg['stride'])}"
-            if cfg["kernel"][0] == cfg["kernel"][1]
-            else f"{cfg['kernel'][0]}x{cfg['kernel'][1]}/{pair(cfg['stride'])}"
-        )
-        pad = cfg["padding"]
-        parts.append(f"pad {pad if isinstance(pad, str) else pair(pad)}")
-        if cfg.get("dilation", (1, 1)) != (1, 1):
-            parts.append(f"dil {pair(cfg['dilation'])}")
-        if cfg.get("groups", 1) != 1:
-            parts.append(f"groups {cfg['groups']}")
-    elif t == "pool":
-        s = cfg["size"]
-        parts.append(f"{cfg['type']} {s[0]}x{s[1]}/{pair(cfg['stride'])}")
-        if cfg["padding"] != (0, 0):
-            parts.append(f"pad {pair(cfg['padding'])}")
-        if cfg["ceil"]:
-            parts.append("ceil")
-        if cfg["over"] == "depth":
-            parts.append("over depth")
-    elif t == "global_pool":
-        parts.append(cfg["type"])
-    elif t == "residual":
-        parts.append(f"add, scale {cfg['scale']:g}")
-    elif t == "parallel":
-        parts.append(cfg["merge"])
-    elif t == "dropout":
-        parts.append(f"rate {cfg['rate']:g}")
-    act = cfg.get("activation")
-    if act is not None and t != "residual" or t == "residual" and act is not None:
-        parts.append(act[0])
-    return ", ".join(parts)
-
-
 def _rf(node: Node) -> tuple[Any, Any]:
     if node.rf is None:
         return None, None
@@ -80,7 +36,7 @@ def layer_row(node: Node) -> dict[str, Any]:
     return {
         "name": node.path,
         "type": node.type,
-        "detail": detail(node),
+        "detail": node.layer.describe(),
         "depth": node.path.count("."),
         "input": list(node.in_shape),
         "output": list(node.out_shape),

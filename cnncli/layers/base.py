@@ -147,6 +147,17 @@ class Layer:
     def backward(self, node: Node, dy: Any, cache: Any, state: dict[str, Any], grads: dict) -> Any:
         raise NotImplementedError
 
+    def describe(self) -> str:
+        """Settings at a glance for report rows, e.g. '5x5/1, pad valid, tanh'."""
+        parts = self.describe_parts()
+        act = self.cfg.get("activation")
+        if isinstance(act, tuple):
+            parts.append(act[0])
+        return ", ".join(parts)
+
+    def describe_parts(self) -> list[str]:
+        return []
+
     def config(self) -> dict[str, Any]:
         """The resolved parameters, for reports and checkpoints."""
         return {p.name: self.cfg[p.name] for p in self.params_spec}
@@ -182,6 +193,11 @@ def warn_dropped(ctx: Context, layer: Layer, pending: list[tuple]) -> None:
         return
     for axis, *rest in pending:
         ctx.warn(layer, msg("row" if axis == "H" else "column", *rest))
+
+
+def fmt_pair(p: tuple[int, int]) -> str:
+    """'3' for (3, 3), '3x5' otherwise."""
+    return str(p[0]) if p[0] == p[1] else f"{p[0]}x{p[1]}"
 
 
 # -- parameter checkers: each returns the normalised value or raises ValueError --------------

@@ -105,6 +105,9 @@ class Residual(Block):
         Param("activation", activation_param, "relu", "activation after the sum (or none)"),
     )
 
+    def describe_parts(self) -> list[str]:
+        return [f"add, scale {self.scale:g}"]
+
     def build(self, build: Builder) -> None:
         self.children = {
             "body": build(self.body, self.path, self.line),
@@ -169,6 +172,9 @@ class Parallel(Block):
         Param("branches", branch_list, doc="a list of layer lists"),
         Param("merge", choice("concat", "add"), "concat", "concat along channels, or add"),
     )
+
+    def describe_parts(self) -> list[str]:
+        return [self.merge]
 
     def build(self, build: Builder) -> None:
         self.children = {

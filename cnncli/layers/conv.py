@@ -15,6 +15,7 @@ from cnncli.layers.base import (
     Shape,
     boolean,
     conv_padding,
+    fmt_pair,
     nonneg_pair,
     pos_int,
     pos_pair,
@@ -42,6 +43,17 @@ def spatial_input(layer: Layer, in_shape: Shape) -> tuple[int, int, int]:
 
 
 class _ConvBase(Layer):
+    def describe_parts(self) -> list[str]:
+        (kh, kw), cfg = self.kernel, self.cfg
+        pad = cfg["padding"]
+        parts = [f"{kh}x{kw}/{fmt_pair(self.stride)}",
+                 f"pad {pad if isinstance(pad, str) else fmt_pair(pad)}"]
+        if self.dilation != (1, 1):
+            parts.append(f"dil {fmt_pair(self.dilation)}")
+        if self.groups != 1:
+            parts.append(f"groups {self.groups}")
+        return parts
+
     def forward_post(self, node: Node, y: Any, ctx: Any) -> tuple[Any, Any]:
         """Apply the fused activation; the cache remembers which (if any) was applied."""
         act = active(self.cfg.get("activation"), node, ctx)

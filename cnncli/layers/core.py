@@ -116,6 +116,9 @@ class Dropout(Layer):
     type = "dropout"
     params_spec = (Param("rate", fraction, 0.5, "probability of dropping a unit"),)
 
+    def describe_parts(self) -> list[str]:
+        return [f"rate {self.rate:g}"]
+
     def resolve(self, in_shape: Shape, ctx: Context) -> Node:
         return Node(
             self.path,

@@ -14,6 +14,7 @@ from cnncli.layers.base import (
     Shape,
     boolean,
     choice,
+    fmt_pair,
     nonneg_pair,
     pos_pair,
     warn_dropped,
@@ -94,6 +95,16 @@ class Pool(Layer):
         ]
         return Node(self.path, self, in_shape, (h, w, o), explain=lines)
 
+    def describe_parts(self) -> list[str]:
+        parts = [f"{self.mode} {self.size[0]}x{self.size[1]}/{fmt_pair(self.stride)}"]
+        if self.padding != (0, 0):
+            parts.append(f"pad {fmt_pair(self.padding)}")
+        if self.ceil:
+            parts.append("ceil")
+        if self.over == "depth":
+            parts.append("over depth")
+        return parts
+
     def receptive(self, rf: RF | None) -> RF | None:
         if rf is None or self.over == "depth":
             return rf
@@ -129,6 +140,9 @@ class GlobalPool(Layer):
             (c,),
             explain=[f"y_c = {_FORMULA[self.mode]} over {h}x{w}; {c} values, no parameters"],
         )
+
+    def describe_parts(self) -> list[str]:
+        return [self.mode]
 
     def receptive(self, rf: RF | None) -> RF | None:
         return None  # every output sees the whole input
