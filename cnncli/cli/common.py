@@ -22,10 +22,19 @@ if not stdout.is_terminal:  # piped tables get room instead of the 80-column fal
 
 
 class OutputFormat(str, Enum):
+    """Data formats of reports (``cnn shapes``, ``cnn layers``)."""
+
     table = "table"
     json = "json"
     csv = "csv"
     markdown = "markdown"
+
+
+class TableOrJson(str, Enum):
+    """Commands whose output is a table for people or JSON for scripts, nothing else."""
+
+    table = "table"
+    json = "json"
 
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from cnncli.cli.app import app
-from cnncli.cli.common import OutputFormat, handle_errors, info, stdout, write_stdout
+from cnncli.cli.common import TableOrJson, handle_errors, info, stdout, write_stdout
 from cnncli.errors import ExitCode
 
 
@@ -21,7 +21,7 @@ def gradcheck(
     samples: Annotated[int, typer.Option(min=1, help="Entries checked per tensor.")] = 12,
     tol: Annotated[float, typer.Option(help="Largest acceptable relative error.")] = 1e-5,
     seed: Annotated[int, typer.Option(help="Seed for data, weights and sampled entries.")] = 0,
-    format: Annotated[OutputFormat, typer.Option("--format", "-f")] = OutputFormat.table,
+    format: Annotated[TableOrJson, typer.Option("--format", "-f")] = TableOrJson.table,
 ) -> None:
     """Backward vs centred finite differences (float64), per parameter tensor; exit 1 if above tol."""
     import json
@@ -33,7 +33,7 @@ def gradcheck(
     shape = parse_hwc(input) if input else None
     results = run_check(spec, batch=batch, samples=samples, tol=tol, seed=seed, input_shape=shape)
     data = summary(results)
-    if format is OutputFormat.json:
+    if format is TableOrJson.json:
         write_stdout(json.dumps(data, indent=2))
     else:
         from rich.table import Table
@@ -59,7 +59,7 @@ def time_cmd(
     input: Annotated[str | None, typer.Option("--input", "-i", help="Input HxWxC.")] = None,
     batch: Annotated[int, typer.Option(min=1, help="Batch size.")] = 64,
     iterations: Annotated[int, typer.Option(min=1, help="Timed forward+backward passes.")] = 10,
-    format: Annotated[OutputFormat, typer.Option("--format", "-f")] = OutputFormat.table,
+    format: Annotated[TableOrJson, typer.Option("--format", "-f")] = TableOrJson.table,
 ) -> None:
     """Per-layer forward and backward times of a training step (like Caffe's time verb)."""
     import json
@@ -70,7 +70,7 @@ def time_cmd(
 
     model = build_model(spec, input_shape=parse_hwc(input) if input else None)
     rep = time_layers(model, batch=batch, iterations=iterations)
-    if format is OutputFormat.json:
+    if format is TableOrJson.json:
         write_stdout(json.dumps(rep, indent=2))
         return
     from rich.table import Table

@@ -12,6 +12,7 @@ import typer
 from cnncli.cli.app import app
 from cnncli.cli.common import (
     OutputFormat,
+    TableOrJson,
     handle_errors,
     info,
     stderr,
@@ -115,7 +116,7 @@ def train(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder (default: runs/<spec>-<time>).")] = None,
     resume: Annotated[Path | None, typer.Option(help="Continue the run in this folder (or checkpoint).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace a run already in --out.")] = False,
-    format: Annotated[OutputFormat, typer.Option("--format", "-f", help="table or json (one object on stdout).")] = OutputFormat.table,
+    format: Annotated[TableOrJson, typer.Option("--format", "-f", help="table or json (one object on stdout).")] = TableOrJson.table,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
 ) -> None:
     """Train a spec on a dataset and write a run folder (checkpoints, metrics, curves)."""
@@ -149,7 +150,7 @@ def train(
         from cnncli.train.loop import resolve_checkpoint
 
         out_dir = resolve_checkpoint(resume, "last").parent.parent
-    progress = _Progress(quiet or format is OutputFormat.json and not stderr.is_terminal)
+    progress = _Progress(quiet or format is TableOrJson.json and not stderr.is_terminal)
     try:
         if resume is not None and data_path is None:
             from cnncli.checkpoint import load_checkpoint
@@ -173,7 +174,7 @@ def train(
     finally:
         progress.close()
     summary = result.summary()
-    if format is OutputFormat.json:
+    if format is TableOrJson.json:
         write_stdout(json.dumps(summary))
         return
     test = summary["test_accuracy"]
@@ -255,7 +256,7 @@ def predict(
     checkpoint: Annotated[Path, typer.Argument(help="Run folder or checkpoint .npz.")],
     images: Annotated[list[str] | None, typer.Argument(help="Image files or folders; - reads paths from stdin.")] = None,
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Labels per image.")] = 3,
-    format: Annotated[OutputFormat, typer.Option("--format", "-f", help="table or json (JSON lines).")] = OutputFormat.table,
+    format: Annotated[TableOrJson, typer.Option("--format", "-f", help="table or json (JSON lines).")] = TableOrJson.table,
 ) -> None:
     """Top-k labels with probabilities for image files."""
     import json
@@ -273,7 +274,7 @@ def predict(
     failed = [r for r in results if "error" in r]
     for r in failed:
         warn(r["error"])
-    if format is OutputFormat.json:
+    if format is TableOrJson.json:
         lines = "".join(json.dumps(r) + "\n" for r in results if "error" not in r)
         if lines:
             write_stdout(lines)
