@@ -207,6 +207,33 @@ def _quiet_float_warnings(func: Callable[..., TrainResult]) -> Callable[..., Tra
     return wrapper
 
 
+def _open_resume(resume: str | Path, epochs: int | None) -> tuple[Any, TrainConfig, Path, tuple]:
+    """(spec, settings, checkpoint path, (arrays, meta)) of the run to continue.
+
+    The saved settings are the run's; only the number of epochs may grow on resume.
+    """
+    from cnncli.checkpoint import load_checkpoint
+    from cnncli.spec import parse_spec
+
+    ckpt_path = resolve_checkpoint(resume, prefer="last")
+    arrays, meta = load_checkpoint(ckpt_path)
+    if meta.get("kind") != "cnncli-train":
+        raise DataError(f"{ckpt_path}: not a training checkpoint")
+    missing = [k for k in _RESUME_KEYS if k not in meta]
+    if missing or not isinstance(meta["config"], dict):
+        raise DataError(f"{ckpt_path}: incomplete training checkpoint (no "
+                        f"{', '.join(missing) or 'config'})")
+    spec = parse_spec(meta["spec_text"], file=meta.get("spec_file"))
+    config = merge(TrainConfig(), meta["config"], f"{ckpt_path} (saved settings)")
+    done = int(meta["epoch"])
+    if epochs is not None:
+        if epochs < done:
+            raise CnnError(f"{ckpt_path}: the run has already done {done} epochs; "
+                           f"--epochs {epochs} cannot shorten it")
+        config.epochs = epochs
+    return spec, config, ckpt_path, (arrays, meta)
+
+
 @_quiet_float_warnings
 def train(
     spec_source: Any,
@@ -228,38 +255,19 @@ def train(
     ``max_epochs_this_call`` stops after that many epochs (tests use it to simulate an
     interrupted run that is later resumed).
     """
-    from cnncli.checkpoint import load_checkpoint, save_checkpoint
+    from cnncli.checkpoint import save_checkpoint
     from cnncli.data.dataset import Normalizer, batches, load_dataset, num_batches
     from cnncli.engine.model import build_model
     from cnncli.optim import lr_at, make_optimizer, make_schedule
-    from cnncli.spec import load_spec, parse_spec
+    from cnncli.spec import load_spec
 
     emit = on_event or (lambda kind, data: None)
-    run_dir = Path(out)
-    ckpt_state = None
     if resume is not None:
-        ckpt_path = resolve_checkpoint(resume, prefer="last")
-        arrays, meta = load_checkpoint(ckpt_path)
-        if meta.get("kind") != "cnncli-train":
-            raise DataError(f"{ckpt_path}: not a training checkpoint")
-        missing = [k for k in _RESUME_KEYS if k not in meta]
-        if missing or not isinstance(meta["config"], dict):
-            raise DataError(f"{ckpt_path}: incomplete training checkpoint (no "
-                            f"{', '.join(missing) or 'config'})")
-        spec = parse_spec(meta["spec_text"], file=meta.get("spec_file"))
-        # The saved settings are the run's; only the number of epochs may grow on resume.
-        saved = merge(TrainConfig(), meta["config"], f"{ckpt_path} (saved settings)")
-        done = int(meta["epoch"])
-        if epochs is not None:
-            if epochs < done:
-                raise CnnError(f"{ckpt_path}: the run has already done {done} epochs; "
-                               f"--epochs {epochs} cannot shorten it")
-            saved.epochs = epochs
-        config = saved
+        spec, config, ckpt_path, ckpt_state = _open_resume(resume, epochs)
         run_dir = ckpt_path.parent.parent
-        ckpt_state = (arrays, meta)
     else:
         spec = spec_source if hasattr(spec_source, "layers") else load_spec(spec_source)
+        run_dir, ckpt_state = Path(out), None
         _check_run_dir(run_dir, overwrite)
     from cnncli.spec import resolve
 
@@ -419,9 +427,12 @@ def train(
             break
 
     test = None
-    if splits.test is not None:
-        ev = evaluate_model(model, splits.test, config.loss, config.eval_batch_size)
-        test = {"loss": ev["loss"], "accuracy": ev["accuracy"]}
+    if splits.test is not None:  # the last epoch's evaluation is the final one
+        if history and "test_loss" in history[-1]:
+            test = {"loss": history[-1]["test_loss"], "accuracy": history[-1]["test_accuracy"]}
+        else:
+            ev = evaluate_model(model, splits.test, config.loss, config.eval_batch_size)
+            test = {"loss": ev["loss"], "accuracy": ev["accuracy"]}
     ips = train_images / train_time if train_time > 0 else 0.0
     result = TrainResult(run_dir, last_path, best_path if best_path.exists() else None, history,
                          test, len(history), ips, splits.fit_rule, stopped_early,
