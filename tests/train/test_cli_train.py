@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
-from click.testing import Result
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -61,11 +60,11 @@ def _no_fsync(monkeypatch: pytest.MonkeyPatch) -> None:
 # -- running the CLI --------------------------------------------------------------------------
 
 
-def cnn(*args: Any, input: str | None = None) -> Result:
+def cnn(*args: Any, input: str | None = None) -> Any:
     return runner.invoke(app, [str(a) for a in args], input=input)
 
 
-def ok(*args: Any, input: str | None = None) -> Result:
+def ok(*args: Any, input: str | None = None) -> Any:
     result = cnn(*args, input=input)
     assert result.exit_code == 0, result.stderr + result.stdout
     return result
