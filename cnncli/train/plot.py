@@ -50,7 +50,7 @@ def learning_curves(history: list[dict[str, Any]], path: str | Path) -> Path:
                 draw.line(pts, fill=COLOURS[name], width=2)
             for px, py in pts:
                 draw.ellipse([px - 2, py - 2, px + 2, py + 2], fill=COLOURS[name])
-            draw.text((x0 + w - 60, pad + 14 * i), name, fill=COLOURS[name])
+            draw.text((x0 + 150 + 50 * i, 4), name, fill=COLOURS[name])  # legend in the title row
     _save(img, Path(path))
     return Path(path)
 
