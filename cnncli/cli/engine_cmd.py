@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from cnncli.cli.app import app
-from cnncli.cli.common import TableOrJson, handle_errors, info, stdout, write_stdout
+from cnncli.cli.common import TableOrJson, handle_errors, info, stdout, warn, write_stdout
 from cnncli.errors import ExitCode
 
 
@@ -21,17 +21,28 @@ def gradcheck(
     samples: Annotated[int, typer.Option(min=1, help="Entries checked per tensor.")] = 12,
     tol: Annotated[float, typer.Option(help="Largest acceptable relative error.")] = 1e-5,
     seed: Annotated[int, typer.Option(help="Seed for data, weights and sampled entries.")] = 0,
+    mode: Annotated[str, typer.Option(help="train (batch statistics, dropout) or eval.")] = "train",
     format: Annotated[TableOrJson, typer.Option("--format", "-f")] = TableOrJson.table,
 ) -> None:
     """Backward vs centred finite differences (float64), per parameter tensor; exit 1 if above tol."""
     import json
 
+    import numpy as np
+
+    from cnncli.engine import build_model
+    from cnncli.engine.gradcheck import conditioning_warnings, summary
     from cnncli.engine.gradcheck import gradcheck as run_check
-    from cnncli.engine.gradcheck import summary
+    from cnncli.errors import CnnError
     from cnncli.spec import parse_hwc
 
+    if mode not in ("train", "eval"):
+        raise CnnError(f"--mode must be train or eval, not {mode!r}")
     shape = parse_hwc(input) if input else None
-    results = run_check(spec, batch=batch, samples=samples, tol=tol, seed=seed, input_shape=shape)
+    model = build_model(spec, input_shape=shape, dtype=np.float64, seed=seed)
+    for w in conditioning_warnings(model, batch, mode == "train"):
+        warn(w)
+    results = run_check(model, batch=batch, samples=samples, tol=tol, seed=seed,
+                        training=mode == "train")
     data = summary(results)
     if format is TableOrJson.json:
         write_stdout(json.dumps(data, indent=2))

@@ -92,6 +92,30 @@ def gradcheck(source: str | Path | dict | Spec | Model, *, batch: int = 2, seed:
     return results
 
 
+#: Batch statistics over fewer values than this make batchnorm's gradient too ill-conditioned
+#: for finite differences (normalising 2 values gives +-1 whatever they are).
+MIN_BN_VALUES = 16
+
+
+def conditioning_warnings(model: Model, batch: int, training: bool = True) -> list[str]:
+    """A warning when training-mode batchnorm statistics cover too few values to check."""
+    if not training:
+        return []
+    few = []
+    for node in (n for top in model.network.nodes for n in top.walk()):
+        if node.type == "batchnorm":
+            shape = node.in_shape
+            values = batch * (shape[0] * shape[1] if len(shape) == 3 else 1)
+            if values < MIN_BN_VALUES:
+                few.append((values, node.path))
+    if not few:
+        return []
+    values, path = min(few)
+    return [f"{len(few)} batchnorm layer(s) normalise fewer than {MIN_BN_VALUES} values per "
+            f"channel (only {values} in '{path}'): finite differences are unreliable there; "
+            "use --mode eval, a larger --input or a larger --batch"]
+
+
 def summary(results: list[TensorCheck]) -> dict[str, Any]:
     return {
         "ok": all(r.ok for r in results),

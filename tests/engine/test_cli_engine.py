@@ -72,3 +72,13 @@ def test_gradcheck_bad_spec_is_exit_2(tmp_path):
     result = CliRunner().invoke(app, ["gradcheck", str(p)])
     assert result.exit_code == 2
     assert "bad.yaml:4" in result.stderr and "did you mean 'conv'" in result.stderr
+
+
+def test_gradcheck_warns_when_batchnorm_sees_too_few_values(tmp_path):
+    p = tmp_path / "bn.yaml"
+    p.write_text("name: bn\ninput: [1, 1, 4]\nlayers:\n  - batchnorm\n  - flatten\n"
+                 "  - dense: {units: 2}\n")
+    result = CliRunner().invoke(app, ["gradcheck", str(p), "--batch", "2", "--mode", "eval"])
+    assert result.exit_code == 0 and "warning" not in result.stderr
+    result = CliRunner().invoke(app, ["gradcheck", str(p), "--batch", "2"])
+    assert "only 2 in 'batchnorm1'" in result.stderr
