@@ -14,6 +14,7 @@ Without PyTorch (``pip install torch==2.13.0``) only our figures are printed.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import shutil
@@ -125,7 +126,12 @@ def workload(name, spec, x, y, x_eval, rounds, bs, eval_bs, lr):
     if torch:
         topt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
         tx, ty, tex = (torch.from_numpy(a) for a in (x, y, x_eval))
-    ours_train_epoch(model, opt, x[: bs * 2], y[: bs * 2], bs)  # warm-up: compile, allocate
+    # warm-up, both sides alike: compile, allocate, start thread pools
+    ours_train_epoch(model, opt, x[: bs * 4], y[: bs * 4], bs)
+    ours_forward(model, x_eval[: eval_bs * 2], eval_bs)
+    if torch:
+        torch_train_epoch(net, topt, tx[: bs * 4], ty[: bs * 4], bs, torch)
+        torch_forward(net, tex[: eval_bs * 2], eval_bs, torch)
     res = {"ours_train": [], "torch_train": [], "ours_eval": [], "torch_eval": []}
     for _ in range(rounds):
         res["ours_train"].append(ours_train_epoch(model, opt, x, y, bs))
@@ -239,7 +245,7 @@ def memory_and_startup(memory: bool, startup: bool) -> None:
         if memory:
             _, ours = measure_process(cmd + ["--out", str(tmp / "mem")])
             print(f"\npeak RSS, LeNet-5 2 epochs: cnn train {ours:,.0f} MiB", end="")
-            if _torch():
+            if importlib.util.find_spec("torch") is not None:
                 script = tmp / "torch_lenet.py"
                 script.write_text(TORCH_LENET)
                 _, theirs = measure_process([sys.executable, str(script),
@@ -264,7 +270,7 @@ def memory_and_startup(memory: bool, startup: bool) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds per workload")
+    ap.add_argument("--rounds", type=int, default=5, help="alternating rounds per workload")
     ap.add_argument("--threads", type=int, default=None, help="threads for NumPy/Numba/PyTorch")
     ap.add_argument("--scaling", action="store_true", help="also run with 1 and 2 threads")
     ap.add_argument("--memory", action="store_true", help="peak RSS of cnn train vs PyTorch")
@@ -272,6 +278,10 @@ def main() -> None:
     ap.add_argument("--json", action="store_true", help="print results as JSON (for --scaling)")
     args = ap.parse_args()
     _set_threads(args.threads)
+    if args.memory or args.startup:
+        # first, while this process is small: a child's peak RSS (ru_maxrss) starts from
+        # the parent's size at fork/exec, so a parent holding PyTorch would mask it
+        memory_and_startup(args.memory, args.startup)
     torch = _torch()
     if torch and args.threads:
         torch.set_num_threads(args.threads)
@@ -300,8 +310,6 @@ def main() -> None:
         flops = 3 * 2 * 25_530_000  # forward + two backward products per MAC, 2 FLOPs each
         print(f"\nNumPy float32 GEMM here: {gf:,.0f} GFLOP/s; CIFAR CNN training achieves "
               f"{cifar * flops / 1e9:,.0f} GFLOP/s = {100 * cifar * flops / 1e9 / gf:.0f}% of it")
-    if args.memory or args.startup:
-        memory_and_startup(args.memory, args.startup)
 
 
 if __name__ == "__main__":

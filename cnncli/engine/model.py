@@ -33,6 +33,9 @@ class _Run:
     #: Path of the leaf node whose input gradient nobody needs (set by
     #: ``Model.backward(..., input_grad=False)``): it may skip computing it.
     skip_input_grad: str | None = None
+    #: Where parameter gradients go (the model's dict; a part's own dict when the batch
+    #: is split over threads, summed afterwards).
+    grads: dict[str, np.ndarray] | None = None
 
     def run(self, nodes: list[Node], x: np.ndarray) -> tuple[np.ndarray, list]:
         caches = []
@@ -48,7 +51,8 @@ class _Run:
         return x, caches
 
     def unrun(self, nodes: list[Node], dy: np.ndarray, caches: list) -> np.ndarray:
-        grads, timer = self.model.grads, self.model.timer
+        grads, timer = self.grads if self.grads is not None else self.model.grads, \
+            self.model.timer
         for node, cache in zip(reversed(nodes), reversed(caches)):
             state = self.model.state[node.path]
             t0 = perf_counter() if timer is not None else 0.0
@@ -89,6 +93,8 @@ class Model:
         #: Set to a dict to accumulate [forward, backward] seconds per node (``cnn time``).
         self.timer: dict[str, list[float]] | None = None
         self._run: _Run | None = None
+        self._splittable_train: bool | None = None
+        self._splittable_eval: bool | None = None
         self.training_rng = np.random.default_rng(rng.integers(2**63))
         last = network.nodes[-1] if network.nodes else None
         self.softmax_head = _softmax_head(last)
@@ -139,14 +145,54 @@ class Model:
 
     def forward(self, x: np.ndarray, training: bool = False, *, logits: bool = False,
                 rng: np.random.Generator | None = None) -> np.ndarray:
-        """Run the network. ``logits=True`` skips a final softmax (for the fused loss)."""
+        """Run the network. ``logits=True`` skips a final softmax (for the fused loss).
+
+        With several worker threads, a network whose layers treat every image on its own
+        (see :func:`_splittable`) runs the whole pass on contiguous parts of the batch in
+        parallel (``_threads.over_batch``; the layers' own splits then run serially inside
+        each part). The split depends only on the batch size and the thread count."""
         x = self.check_input(x)
-        run = _Run(self, training, rng if rng is not None else self.training_rng,
-                   self.softmax_head if logits else None)
+        rng = rng if rng is not None else self.training_rng
+        head = self.softmax_head if logits else None
+        nodes = self.network.nodes
+        parts = self._parts(x.shape[0], training)
         with _threads.engine_region():
-            y, caches = run.run(self.network.nodes, x)
-        self._cache, self._run = caches, run
+            if parts is None:
+                run = _Run(self, training, rng, head)
+                y, caches = run.run(nodes, x)
+                self._cache, self._run = caches, run
+                return y
+            runs = [_Run(self, training, rng, head, grads={}) for _ in range(parts)]
+
+            def part(lo: int, hi: int, p: int):
+                yp, caches = runs[p].run(nodes, x[lo:hi])
+                return lo, hi, yp, caches
+
+            results = _threads.over_batch(part, x.shape[0], _PART_MIN)
+            y0 = results[0][2]
+            y = np.empty((x.shape[0], *y0.shape[1:]), dtype=y0.dtype)
+            for lo, hi, yp, _ in results:
+                y[lo:hi] = yp
+        self._cache = [(lo, hi, runs[p], caches) for p, (lo, hi, _, caches) in enumerate(results)]
+        self._run = _SPLIT
         return y
+
+    def _parts(self, n: int, training: bool) -> int | None:
+        """How many parts to split a batch of ``n`` into at the model level (None: run the
+        network in one piece)."""
+        w = _threads.workers()
+        if w < 2 or self.timer is not None or self.trace is not None or n < 2 * _PART_MIN:
+            return None
+        ok = self._splittable_train if training else self._splittable_eval
+        if ok is None:
+            ok = _splittable(self.network.nodes, training)
+            if training:
+                self._splittable_train = ok
+            else:
+                self._splittable_eval = ok
+        if not ok:
+            return None
+        return len(_threads.split(n, min(w, n // _PART_MIN)))
 
     def backward(self, dy: np.ndarray, *, input_grad: bool = True) -> np.ndarray | None:
         """Gradients of sum(y * dy) (y the last forward's output) into :attr:`grads`.
@@ -157,10 +203,37 @@ class Model:
         if self._cache is None or self._run is None:
             raise RuntimeError("backward() needs a forward() first")
         self.grads.clear()
-        self._run.skip_input_grad = None if input_grad else _first_leaf(self.network.nodes)
+        skip = None if input_grad else _first_leaf(self.network.nodes)
+        nodes = self.network.nodes
+        if self._run is not _SPLIT:
+            self._run.skip_input_grad = skip
+            with _threads.engine_region():
+                dx = self._run.unrun(nodes, dy, self._cache)
+            return dx if input_grad else None
+        pieces = self._cache
+        for _, _, run, _ in pieces:
+            run.skip_input_grad = skip
+            run.grads = {}
+
+        def part(lo: int, hi: int, p: int):
+            plo, phi, run, caches = pieces[p]
+            return run.unrun(nodes, dy[plo:phi], caches)
+
         with _threads.engine_region():
-            dx = self._run.unrun(self.network.nodes, dy, self._cache)
-        return dx if input_grad else None
+            dxs = _threads.over_batch(part, dy.shape[0], _PART_MIN)
+        # gradients summed over the parts in part order (deterministic)
+        first = pieces[0][2].grads
+        for name, g in first.items():
+            total = np.array(g, copy=True)
+            for _, _, run, _ in pieces[1:]:
+                total += run.grads[name]
+            self.grads[name] = total
+        if not input_grad:
+            return None
+        dx = np.empty((dy.shape[0], *dxs[0].shape[1:]), dtype=dxs[0].dtype)
+        for (lo, hi, _, _), d in zip(pieces, dxs):
+            dx[lo:hi] = d
+        return dx
 
     def release(self) -> None:
         """Drop the forward caches (frees activation memory after evaluation)."""
@@ -199,6 +272,26 @@ class Model:
     @property
     def num_params(self) -> int:
         return int(sum(p.size for p in self.params.values()))
+
+
+#: A batch is split at the model level only into parts of at least this many images.
+_PART_MIN = 8
+#: Marks a forward pass that ran split (``Model._cache`` then holds the parts).
+_SPLIT = object()
+#: Layers that mix images of a batch (or draw random numbers in order) in training mode.
+_BATCH_COUPLED_TRAIN = frozenset({"batchnorm", "dropout"})
+
+
+def _splittable(nodes: list[Node], training: bool) -> bool:
+    """True when every layer treats each image on its own, so that running parts of the
+    batch separately gives the same result (up to the order of the gradient sums)."""
+    for node in nodes:
+        if training and node.type in _BATCH_COUPLED_TRAIN:
+            return False
+        for children in (node.children or {}).values():
+            if not _splittable(children, training):
+                return False
+    return True
 
 
 def _first_leaf(nodes: list[Node]) -> str | None:

@@ -19,6 +19,7 @@ leaving a core idle (and fighting OpenBLAS's spinning worker threads).
 
 from __future__ import annotations
 
+import contextvars
 import ctypes
 import glob
 import os
@@ -167,9 +168,12 @@ def over_batch(fn: Callable[[int, int, int], Any], n: int, min_items: int = 1,
     """Run ``fn(lo, hi, part)`` for contiguous parts of range(n), in parallel; return the
     results in part order. Parts have at least ``min_items`` items, and a region whose
     ``work`` estimate is below MIN_PARALLEL_WORK runs serially (in the caller, as part 0).
-    Nested calls (from inside a part) run serially."""
+    Nested calls (from inside a part) run serially, with the enclosing part's index (so
+    that per-part workspaces are never shared between threads)."""
+    if getattr(_depth, "inside", False):
+        return [fn(0, n, _depth.part)]
     w = workers()
-    if getattr(_depth, "inside", False) or (work is not None and work < MIN_PARALLEL_WORK):
+    if work is not None and work < MIN_PARALLEL_WORK:
         w = 1
     parts = split(n, min(w, max(1, n // max(1, min_items))))
     if len(parts) == 1:
@@ -177,14 +181,16 @@ def over_batch(fn: Callable[[int, int, int], Any], n: int, min_items: int = 1,
     pool = _get_pool(w)
 
     def call(lo: int, hi: int, i: int) -> Any:
-        _depth.inside = True
+        _depth.inside, _depth.part = True, i
         try:
             return fn(lo, hi, i)
         finally:
-            _depth.inside = False
+            _depth.inside, _depth.part = False, 0
 
     with single_threaded_blas():
-        futures = [pool.submit(call, lo, hi, i) for i, (lo, hi) in enumerate(parts[1:], 1)]
+        # each part runs in a copy of the caller's context (NumPy's errstate lives there)
+        futures = [pool.submit(contextvars.copy_context().run, call, lo, hi, i)
+                   for i, (lo, hi) in enumerate(parts[1:], 1)]
         try:
             first = call(*parts[0], 0)
         finally:

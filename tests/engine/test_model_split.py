@@ -1,0 +1,92 @@
+"""The model-level batch split (each worker thread runs the whole network on its part of
+the batch) against one pass over the whole batch in the calling thread."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import cnncli.engine.model as model_mod
+from cnncli.engine import build_model
+from cnncli.ops import _threads
+
+SPEC = {"name": "t", "input": [12, 12, 3], "layers": [
+    {"sequential": {"name": "f", "layers": [
+        {"conv": {"name": "c1", "filters": 8, "kernel": 3, "padding": "same",
+                  "activation": "relu"}},
+        {"residual": {"name": "r", "body": [
+            {"conv": {"name": "c2", "filters": 8, "kernel": 3, "padding": "same",
+                      "activation": "tanh"}}]}},
+        {"pool": {"name": "p", "type": "max", "size": 2}},
+        {"conv": {"name": "c3", "filters": 4, "kernel": 3, "activation": "tanh"}},
+        {"pool": {"name": "q", "type": "avg", "size": 2}}]}},
+    "flatten", {"dense": {"name": "d", "units": 5, "activation": "softmax"}}]}
+
+
+def _pass(model, x, dy, training=True):
+    y = model.forward(x, training=training, logits=True)
+    dx = model.backward(dy)
+    return y, dx, {k: v.copy() for k, v in model.grads.items()}
+
+
+@pytest.fixture
+def two_workers():
+    _threads.set_workers(2)
+    yield
+    _threads.set_workers(None)
+
+
+@pytest.mark.parametrize("n", [16, 19, 40])
+def test_split_matches_one_piece(two_workers, monkeypatch, n):
+    rng = np.random.default_rng(0)
+    model = build_model(SPEC, dtype=np.float64, seed=1)
+    x = rng.standard_normal((n, 3, 12, 12))
+    dy = rng.standard_normal((n, 5))
+    assert model._parts(n, True) == 2
+    y, dx, grads = _pass(model, x, dy)
+    monkeypatch.setattr(model_mod, "_PART_MIN", 10**6)  # one piece (layers split inside)
+    assert model._parts(n, True) is None
+    y1, dx1, grads1 = _pass(model, x, dy)
+    np.testing.assert_allclose(y, y1, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(dx, dx1, rtol=0, atol=1e-12)
+    assert grads.keys() == grads1.keys() == model.params.keys()
+    for k in grads:
+        np.testing.assert_allclose(grads[k], grads1[k], rtol=0, atol=1e-11, err_msg=k)
+
+
+def test_split_is_deterministic_and_skips_first_input_grad(two_workers):
+    rng = np.random.default_rng(2)
+    model = build_model(SPEC, dtype=np.float32, seed=3)
+    x = rng.standard_normal((33, 3, 12, 12)).astype(np.float32)
+    dy = rng.standard_normal((33, 5)).astype(np.float32)
+    runs = []
+    for _ in range(2):
+        model.forward(x, training=True, logits=True)
+        assert model.backward(dy, input_grad=False) is None
+        runs.append({k: v.copy() for k, v in model.grads.items()})
+    for k in runs[0]:
+        np.testing.assert_array_equal(runs[0][k], runs[1][k])
+        assert runs[0][k].dtype == np.float32
+
+
+def test_batch_coupled_layers_run_in_one_piece(two_workers):
+    bn = {"name": "b", "input": [8, 8, 2], "layers": [
+        {"conv": {"name": "c", "filters": 4, "kernel": 3}}, {"batchnorm": {"name": "bn"}},
+        "flatten", {"dense": {"name": "d", "units": 3}}]}
+    drop = {"name": "d", "input": [8, 8, 2], "layers": [
+        "flatten", {"dropout": {"name": "dr", "rate": 0.5}}, {"dense": {"name": "d", "units": 3}}]}
+    for spec in (bn, drop):
+        model = build_model(spec, seed=0)
+        assert model._parts(64, True) is None
+        assert model._parts(64, False) == 2  # evaluation: every image on its own
+    model = build_model(SPEC, seed=0)
+    assert model._parts(15, True) is None  # parts would be smaller than _PART_MIN
+    _threads.set_workers(1)
+    assert model._parts(64, True) is None
+
+
+def test_nested_over_batch_keeps_the_outer_part_index(two_workers):
+    seen = _threads.over_batch(
+        lambda lo, hi, p: _threads.over_batch(lambda a, b, q: q, hi - lo, work=1e12)[0],
+        10, work=1e12)
+    assert seen == [0, 1]
