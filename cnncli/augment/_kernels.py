@@ -48,10 +48,10 @@ def _mirror(t, size):
 
 
 @njit(cache=True, nogil=True, boundscheck=False)
-def _taps_clamped(a, d, xrow, yrow, W, H, C, off, dxo, dyo, wx, wy):
+def _taps_clamped(a, d, xrow, yrow, W, H, C, off, dxo, dyo, wx, wy, start, stop):
     umax, vmax = W - 1.0, H - 1.0
     row = W * C
-    for x in range(off.shape[0]):
+    for x in range(start, stop):
         u = min(max(xrow + a * x - 0.5, 0.0), umax)
         v = min(max(yrow + d * x - 0.5, 0.0), vmax)
         x0 = np.int64(u)
@@ -64,11 +64,11 @@ def _taps_clamped(a, d, xrow, yrow, W, H, C, off, dxo, dyo, wx, wy):
 
 
 @njit(cache=True, nogil=True, boundscheck=False)
-def _taps_reflect(a, d, xrow, yrow, W, H, C, off, dxo, dyo, wx, wy):
+def _taps_reflect(a, d, xrow, yrow, W, H, C, off, dxo, dyo, wx, wy, start, stop):
     wf, hf = float(W), float(H)
     umax, vmax = wf - 1.0, hf - 1.0
     row = W * C
-    for x in range(off.shape[0]):
+    for x in range(start, stop):
         X = _mirror(xrow + a * x, wf)
         Y = _mirror(yrow + d * x, hf)
         u = min(max(X - 0.5, 0.0), umax)
@@ -170,20 +170,19 @@ def _blend(acc, k, fillv):
 
 
 @njit(cache=True, nogil=True, boundscheck=False)
-def _row_setup(a, b, c0, d, e, f, y, W, H, C, ifw, ifh, mode, bilinear, off, dxo, dyo, wx, wy, cov):
+def _row_setup(
+    a, b, c0, d, e, f, y, W, H, C, ifw, ifh, mode, bilinear, off, dxo, dyo, wx, wy, cov, full
+):
     """Taps, weights and coverage of output row ``y``; returns (lo, hi): pixels lo..hi-1 are
     fully covered with all four taps inside the image (the fast loop, constant tap offsets),
-    ``cov`` is set for the others."""
+    ``cov`` is set for the others. With ``full`` the taps of every pixel are set, else only
+    those outside lo..hi-1 (the image kernel computes the span's taps itself)."""
     ow = off.shape[0]
     xrow = a * 0.5 + b * (y + 0.5) + c0
     yrow = d * 0.5 + e * (y + 0.5) + f
     if not bilinear:
         _taps_nearest(a, d, xrow, yrow, W, H, C, mode, off, dxo, dyo, wx, wy, cov)
         return 0, 0
-    if mode == BORDER_REFLECT:
-        _taps_reflect(a, d, xrow, yrow, W, H, C, off, dxo, dyo, wx, wy)
-    else:
-        _taps_clamped(a, d, xrow, yrow, W, H, C, off, dxo, dyo, wx, wy)
     lx, hx = _span(xrow, a, 0.5, W - 0.5, ow)  # taps x0, x0 + 1 inside
     ly, hy = _span(yrow, d, 0.5, H - 0.5, ow)
     lo, hi = max(lx, ly), min(hx, hy)
@@ -192,6 +191,12 @@ def _row_setup(a, b, c0, d, e, f, y, W, H, C, ifw, ifh, mode, bilinear, off, dxo
         lo, hi = max(lo, lc), min(hi, hc)
     if hi <= lo:
         lo, hi = 0, 0
+    spans = ((0, ow), (0, 0)) if full or lo == hi else ((0, lo), (hi, ow))
+    for start, stop in spans:
+        if mode == BORDER_REFLECT:
+            _taps_reflect(a, d, xrow, yrow, W, H, C, off, dxo, dyo, wx, wy, start, stop)
+        else:
+            _taps_clamped(a, d, xrow, yrow, W, H, C, off, dxo, dyo, wx, wy, start, stop)
     if mode == BORDER_CONSTANT:
         _coverage(a, d, xrow, yrow, W, H, ifw, ifh, cov, 0, lo)
         _coverage(a, d, xrow, yrow, W, H, ifw, ifh, cov, hi, ow)
@@ -202,11 +207,77 @@ def _row_setup(a, b, c0, d, e, f, y, W, H, C, ifw, ifh, mode, bilinear, off, dxo
 
 
 @njit(cache=True, nogil=True, boundscheck=False)
+def _span_taps(xrow, yrow, a, d, row, C, lo, hi, idx, wts):
+    """Top-left tap offset and the four bilinear weights (summing to FRAC**2) of pixels lo..hi-1
+    of a row, all of whose taps lie inside the image (so no clamping): the same float
+    arithmetic as ``_taps_clamped``, in a loop of its own that the compiler vectorises."""
+    for k in range(hi - lo):
+        x = lo + k
+        u = xrow + a * x - 0.5
+        v = yrow + d * x - 0.5
+        x0 = np.int64(u)
+        y0 = np.int64(v)
+        ix = np.int32((u - x0) * FRAC + 0.5)
+        iy = np.int32((v - y0) * FRAC + 0.5)
+        idx[k] = y0 * row + x0 * C
+        jx = FRAC - ix
+        jy = FRAC - iy
+        wts[0, k] = jx * jy
+        wts[1, k] = ix * jy
+        wts[2, k] = jx * iy
+        wts[3, k] = ix * iy
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
+def _span_sum(s, o, base, lo, n, C, row, idx, wts):
+    """Weighted sums of the span's pixels: ``sum(w * p) + FRAC**2 / 2 >> 2 FRAC_BITS``, which
+    equals the nested row-then-column form of ``_tap`` exactly (integer arithmetic).
+    Indices are unsigned, so no negative-index wraparound code; 8-bit RGB sums in int32."""
+    uC = np.uint64(C)
+    urow = np.uint64(row)
+    j0 = np.uint64(base + C * lo)
+    if C == 3 and s.itemsize == 1:
+        half = np.int32(_HALF)
+        r3 = urow + np.uint64(3)
+        t3 = np.uint64(3)
+        for k in range(n):
+            i = np.uint64(idx[k])
+            w00, w01, w10, w11 = wts[0, k], wts[1, k], wts[2, k], wts[3, k]
+            j = j0 + t3 * np.uint64(k)
+            for ch in range(3):
+                c = np.uint64(ch)
+                acc = (
+                    w00 * np.int32(s[i + c])
+                    + w01 * np.int32(s[i + t3 + c])
+                    + w10 * np.int32(s[i + urow + c])
+                    + w11 * np.int32(s[i + r3 + c])
+                )
+                o[j + c] = (acc + half) >> _SHIFT
+    else:
+        rc = urow + uC
+        for k in range(n):
+            i = np.uint64(idx[k])
+            w00, w01 = np.int64(wts[0, k]), np.int64(wts[1, k])
+            w10, w11 = np.int64(wts[2, k]), np.int64(wts[3, k])
+            j = j0 + uC * np.uint64(k)
+            for ch in range(C):
+                c = np.uint64(ch)
+                acc = (
+                    w00 * np.int64(s[i + c])
+                    + w01 * np.int64(s[i + uC + c])
+                    + w10 * np.int64(s[i + urow + c])
+                    + w11 * np.int64(s[i + rc + c])
+                )
+                o[j + c] = (acc + _HALF) >> _SHIFT
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
 def warp_affine(src, m, out, fill, mode, bilinear):
     """Fill ``out`` (oh, ow, C) by sampling ``src`` (H, W, C) at ``m @ (c + .5, r + .5, 1)``.
 
-    Row by row: the taps and weights of every pixel first (``_taps_*``, ``_coverage``), then
-    the weighted sums, unrolled for 3-channel images.
+    Row by row: the span of pixels whose four taps lie inside the image gets its offsets and
+    weights in one vectorisable loop (``_span_taps``) and its sums in another (``_span_sum``);
+    the pixels outside it (borders, coverage) take the general per-pixel path.
     """
     H, W, C = src.shape
     oh, ow, _ = out.shape
@@ -225,25 +296,17 @@ def warp_affine(src, m, out, fill, mode, bilinear):
     fillv = np.empty(C, np.int64)
     for ch in range(C):
         fillv[ch] = fill[ch]
-    dxc, dyc = C, W * C  # tap offsets away from the edges
+    idx = np.empty(ow, np.int64)
+    wts = np.empty((4, ow), np.int32)  # weights <= FRAC**2 = 2**20
     for y in range(oh):
-        lo, hi = _row_setup(
-            a, b, c0, d, e, f, y, W, H, C, ifw, ifh, mode, bilinear, off, dxo, dyo, wx, wy, cov
-        )
+        taps = (off, dxo, dyo, wx, wy, cov)
+        lo, hi = _row_setup(a, b, c0, d, e, f, y, W, H, C, ifw, ifh, mode, bilinear, *taps, False)
         base = y * ow * C
-        if C == 3:
-            for x in range(lo, hi):
-                i, ix, iy = off[x], wx[x], wy[x]
-                j = base + 3 * x
-                o[j] = (_tap(s, i, dxc, dyc, ix, iy) + _HALF) >> _SHIFT
-                o[j + 1] = (_tap(s, i + 1, dxc, dyc, ix, iy) + _HALF) >> _SHIFT
-                o[j + 2] = (_tap(s, i + 2, dxc, dyc, ix, iy) + _HALF) >> _SHIFT
-        else:
-            for x in range(lo, hi):
-                i, ix, iy = off[x], wx[x], wy[x]
-                j = base + C * x
-                for ch in range(C):
-                    o[j + ch] = (_tap(s, i + ch, dxc, dyc, ix, iy) + _HALF) >> _SHIFT
+        if hi > lo:
+            xrow = a * 0.5 + b * (y + 0.5) + c0
+            yrow = d * 0.5 + e * (y + 0.5) + f
+            _span_taps(xrow, yrow, a, d, W * C, C, lo, hi, idx, wts)
+            _span_sum(s, o, base, lo, hi - lo, C, W * C, idx, wts)
         if lo == 0 and hi == ow:
             continue
         for x in range(ow):
@@ -293,12 +356,14 @@ def apply_luts(img, luts, out):
     s = img.reshape(-1)
     o = out.reshape(-1)
     n = s.shape[0]
-    if C == 3:
+    if C == 3:  # unsigned indices: no negative-index wraparound code, about 2x faster
         l0, l1, l2 = luts[0], luts[1], luts[2]
-        for i in range(0, n, 3):
-            o[i] = l0[s[i]]
-            o[i + 1] = l1[s[i + 1]]
-            o[i + 2] = l2[s[i + 2]]
+        one, two, three = np.uint64(1), np.uint64(2), np.uint64(3)
+        for k in range(n // 3):
+            i = three * np.uint64(k)
+            o[i] = l0[np.uint64(s[i])]
+            o[i + one] = l1[np.uint64(s[i + one])]
+            o[i + two] = l2[np.uint64(s[i + two])]
     else:
         for i in range(0, n, C):
             for ch in range(C):
@@ -315,10 +380,12 @@ def channel_histograms(img, nbins):
     hist = np.zeros((C, nbins), np.int64)
     if C == 3:
         h0, h1, h2 = hist[0], hist[1], hist[2]
-        for i in range(0, n, 3):
-            h0[s[i]] += 1
-            h1[s[i + 1]] += 1
-            h2[s[i + 2]] += 1
+        one, two, three = np.uint64(1), np.uint64(2), np.uint64(3)
+        for k in range(n // 3):
+            i = three * np.uint64(k)
+            h0[np.uint64(s[i])] += 1
+            h1[np.uint64(s[i + one])] += 1
+            h2[np.uint64(s[i + two])] += 1
     else:
         for i in range(0, n, C):
             for ch in range(C):
@@ -350,8 +417,9 @@ def warp_affine_batch(x, mats, out, fill, mode, bilinear):
         ifw = 1.0 / max(abs(a) + abs(b), 1e-12)
         ifh = 1.0 / max(abs(d) + abs(e), 1e-12)
         for y in range(oh):
+            taps = (off, dxo, dyo, wx, wy, cov)
             lo, hi = _row_setup(
-                a, b, c0, d, e, f, y, W, H, 1, ifw, ifh, mode, bilinear, off, dxo, dyo, wx, wy, cov
+                a, b, c0, d, e, f, y, W, H, 1, ifw, ifh, mode, bilinear, *taps, True
             )
             for ch in range(C):
                 p = x[n, ch].reshape(-1)

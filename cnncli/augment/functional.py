@@ -396,11 +396,23 @@ def colour_luts(channels: int, table: np.ndarray | Sequence[np.ndarray]) -> np.n
     return luts
 
 
-def apply_luts(img: np.ndarray, luts: np.ndarray) -> np.ndarray:
-    """``out[..., c] = luts[c][img[..., c]]`` (one pass; luts shape (C, maxval + 1))."""
-    img = _check(img)
-    out = np.empty_like(img)
+def apply_luts(img: np.ndarray, luts: np.ndarray, *, inplace: bool = False) -> np.ndarray:
+    """``out[..., c] = luts[c][img[..., c]]`` (one pass; luts shape (C, maxval + 1)).
+
+    ``inplace`` writes into ``img`` itself (when it is C-contiguous and writable) instead of
+    a new array: for callers that own ``img``.
+    """
+    if inplace and img.flags.c_contiguous and img.flags.writeable:
+        out = img
+    else:
+        img = _check(img)
+        out = np.empty_like(img)
     return K.apply_luts(img, np.ascontiguousarray(luts, dtype=img.dtype), out)
+
+
+def is_identity_luts(luts: np.ndarray) -> bool:
+    """True when every table maps each value to itself (applying them changes nothing)."""
+    return bool((luts == np.arange(luts.shape[1])).all())
 
 
 def channel_histograms(img: np.ndarray) -> np.ndarray:

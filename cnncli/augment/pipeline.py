@@ -189,6 +189,7 @@ class Pipeline:
         """Apply the recorded parameters, fusing runs of geometric ops and of table ops."""
         self._check_records(records)
         steps = [(op, rec) for op, rec in zip(self.ops, records, strict=True) if rec["applied"]]
+        source = img
         i = 0
         hist: np.ndarray | None = None  # histograms of ``img`` if the last step computed them
         while i < len(steps):
@@ -206,7 +207,8 @@ class Pipeline:
                 j = i
                 while j < len(steps) and isinstance(steps[j][0], LutOp):
                     j += 1
-                img = _lut_run(img, steps[i:j], hist)
+                owned = img is not source and not np.may_share_memory(img, source)
+                img = _lut_run(img, steps[i:j], hist, inplace=owned)
                 hist = None
             else:
                 j = i + 1
@@ -269,15 +271,22 @@ def _exact_slices(matrix: np.ndarray, in_shape: Shape, out_shape: Shape) -> tupl
 
 
 def _lut_run(
-    img: np.ndarray, steps: Sequence[tuple[Op, Mapping[str, Any]]], hist: np.ndarray | None
+    img: np.ndarray,
+    steps: Sequence[tuple[Op, Mapping[str, Any]]],
+    hist: np.ndarray | None,
+    *,
+    inplace: bool = False,
 ) -> np.ndarray:
+    """Compose the steps' tables and apply them in one pass (none when they compose to the
+    identity); ``inplace`` when ``img`` is a scratch array that may be overwritten."""
     channels, top = img.shape[2], F.maxval(img)
     pending: np.ndarray | None = None  # composed table not yet applied to ``img``
     for op, rec in steps:
         context: dict[str, Any] = {}
         needs = op.needs  # type: ignore[attr-defined]
         if needs == "image" and pending is not None:
-            img, pending, hist = F.apply_luts(img, pending), None, None
+            img, pending, hist = F.apply_luts(img, pending, inplace=inplace), None, None
+            inplace = True
         if needs == "image":
             context["image"] = img
         elif needs == "mean":
@@ -287,7 +296,9 @@ def _lut_run(
         table = op.luts(rec, channels, top, context)  # type: ignore[attr-defined]
         # Compose: the new table applied after the pending one.
         pending = table if pending is None else np.take_along_axis(table, pending, axis=1)
-    return img if pending is None else F.apply_luts(img, pending)
+    if pending is None or F.is_identity_luts(pending):
+        return img if inplace else img.copy()  # never hand back the caller's own array
+    return F.apply_luts(img, pending, inplace=inplace)
 
 
 # --------------------------------------------------------------------------- text form
