@@ -36,6 +36,11 @@ DIRECT_MAX_CHANNELS = 8
 #: Their weight gradient also goes direct when a filter has at most this many taps
 #: (C*kh*kw; 27 for a 3x3 conv on RGB): dW = cols @ dY^T is then a skinny GEMM.
 DIRECT_MAX_TAPS = 32
+#: Other stride-1 convolutions whose per-image column matrix has at most this many entries
+#: (C*kh*kw * Ho*Wo; 15,000 for LeNet's C3) run per-image im2col + one batched np.matmul
+#: per part: OpenBLAS multiplies such small matrices without packing, about twice as fast
+#: as one wide GEMM over the chunk, and the product lands in NCHW directly.
+BATCHED_MAX_COLS = 16384
 
 
 class ConvGeometry(NamedTuple):
@@ -283,6 +288,14 @@ def _is_direct(g: ConvGeometry, k: int, taps: int | None = None) -> bool:
     return k <= DIRECT_MAX_CHANNELS or (taps is not None and taps <= DIRECT_MAX_TAPS)
 
 
+def _is_batched(g: ConvGeometry, c: int, k: int) -> bool:
+    """Small stride-1 layers that the direct kernel does not take: per-image GEMMs."""
+    if g.stride != (1, 1) or g.groups != 1 or k <= DIRECT_MAX_CHANNELS:
+        return False
+    (kh, kw), (ho, wo) = g.kernel, g.out_hw
+    return c * kh * kw * ho * wo <= BATCHED_MAX_COLS
+
+
 #: Activations that conv2d_forward can apply in its output pass (``act=``).
 FUSED_ACTIVATIONS = ("relu", "tanh")
 #: Images per call of the direct forward kernel (keeps its output cache-hot for the
@@ -335,6 +348,27 @@ def _forward_core(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, g: ConvGeo
                 _act_inplace(y[n0:n1], act)
 
         _threads.over_batch(direct, n, work=y.size * w2.shape[1])
+        return y
+    if _is_batched(g, c, k):
+        (kh, kw), (ph, pw), (dh, dw) = g.kernel, g.padding, g.dilation
+        r, p = w2.shape[1], ho * wo
+        b2 = b.reshape(k, 1) if b is not None else None
+
+        nb = _chunk(n, r, p, x.itemsize)
+
+        def batched(lo: int, hi: int, part: int) -> None:
+            buf = _threads.workspace("conv.img", part, min(nb, hi - lo) * r * p, x.dtype)
+            for n0 in range(lo, hi, nb):
+                m = min(nb, hi - n0)
+                cols = buf[: m * r * p].reshape(m, r, p)
+                kern.im2col_img(x, n0, m, kh, kw, ph, pw, dh, dw, ho, wo, cols)
+                yp = y[n0:n0 + m].reshape(m, k, p)
+                np.matmul(w2, cols, out=yp)
+                if b2 is not None:
+                    yp += b2
+                _act_inplace(yp, act)
+
+        _threads.over_batch(batched, n, work=y.size * w2.shape[1])
         return y
     groups = g.groups
     plan = _plan(g, n, c, x.itemsize)
@@ -404,6 +438,8 @@ def _backward_core(x, dy, w, g: ConvGeometry, need_dx: bool, need_dw: bool, prep
     from cnncli.ops import _kernels as kern
 
     (kh, kw) = g.kernel
+    if _is_batched(g, c, k):
+        return _backward_batched(x, dy, w2, g, need_dx, need_dw, prep, dx, w.shape)
     direct_dw = need_dw and _is_direct(g, k, c * kh * kw)
     groups = g.groups
     plan = _plan(g, n, c, dy.itemsize)
@@ -456,6 +492,55 @@ def _backward_core(x, dy, w, g: ConvGeometry, need_dx: bool, need_dw: bool, prep
         for _, dwp in results[1:]:
             dw += dwp
         dw = dw.reshape(w.shape)
+    return dx, dw, [e for e, _ in results]
+
+
+def _backward_batched(x, dy, w2, g: ConvGeometry, need_dx: bool, need_dw: bool, prep,
+                      dx, w_shape):
+    """_backward_core for _is_batched layers: per part, dW^T = sum_n cols[n] @ dy[n]^T
+    (one batched matmul, then a sum over the part's images in a fixed order) and
+    dx = col2im(W^T @ dy[n])."""
+    from cnncli.ops import _kernels as kern
+    from cnncli.ops import _threads
+
+    n, k = dy.shape[:2]
+    (kh, kw), (ph, pw), (dh, dwl) = g.kernel, g.padding, g.dilation
+    ho, wo = g.out_hw
+    r, p = w2.shape[1], ho * wo
+    w2t = w2.T
+
+    nb = _chunk(n, r, p, dy.itemsize)
+
+    def part(lo: int, hi: int, q: int):
+        extra = prep(lo, hi) if prep else None
+        mb = min(nb, hi - lo)
+        buf = _threads.workspace("conv.img", q, mb * r * p, dy.dtype)
+        dwt_buf = _threads.workspace("conv.dwt", q, mb * r * k, dy.dtype) if need_dw else None
+        dwp = None
+        for n0 in range(lo, hi, nb):
+            m = min(nb, hi - n0)
+            cols = buf[: m * r * p].reshape(m, r, p)
+            dyp = dy[n0:n0 + m].reshape(m, k, p)
+            if need_dw:
+                kern.im2col_img(x, n0, m, kh, kw, ph, pw, dh, dwl, ho, wo, cols)
+                dwt = dwt_buf[: m * r * k].reshape(m, r, k)
+                np.matmul(cols, dyp.transpose(0, 2, 1), out=dwt)
+                if dwp is None:
+                    dwp = dwt.sum(axis=0)
+                else:
+                    dwp += dwt.sum(axis=0)
+            if need_dx:
+                np.matmul(w2t, dyp, out=cols)
+                kern.col2im_img(cols, n0, m, kh, kw, ph, pw, dh, dwl, ho, wo, dx)
+        return extra, (dwp.T if need_dw else None)
+
+    results = _threads.over_batch(part, n, work=2 * dy.size * r)
+    dw = None
+    if need_dw:
+        dw = np.ascontiguousarray(results[0][1])
+        for _, dwp in results[1:]:
+            dw += dwp
+        dw = dw.reshape(w_shape)
     return dx, dw, [e for e, _ in results]
 
 

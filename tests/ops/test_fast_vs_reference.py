@@ -30,6 +30,15 @@ def chunking(request, monkeypatch):
     monkeypatch.setattr(conv, "CHUNK_BYTES", request.param)
 
 
+@pytest.fixture(params=["default", "batched"])
+def conv_path(request, monkeypatch):
+    """``batched``: every stride-1, ungrouped conv takes the per-image im2col + batched
+    matmul path (conv._is_batched) instead of the direct kernels or the chunked GEMMs."""
+    if request.param == "batched":
+        monkeypatch.setattr(conv, "DIRECT_MAX_CHANNELS", 0)
+        monkeypatch.setattr(conv, "BATCHED_MAX_COLS", 1 << 30)
+
+
 # ---------------------------------------------------------------------------------------
 # convolution
 # ---------------------------------------------------------------------------------------
@@ -54,7 +63,7 @@ def conv_cases(draw):
 
 @SETTINGS
 @given(case=conv_cases(), bias=st.booleans())
-def test_conv2d_matches_reference(chunking, case, bias):
+def test_conv2d_matches_reference(chunking, conv_path, case, bias):
     xs, ws, s, p, d, groups, seed = case
     rng = np.random.default_rng(seed)
     x, w = rng.standard_normal(xs), rng.standard_normal(ws)
@@ -77,7 +86,7 @@ def test_conv2d_matches_reference(chunking, case, bias):
 
 @SETTINGS
 @given(case=conv_cases(), data=st.data(), bias=st.booleans())
-def test_conv_transpose2d_matches_reference(chunking, case, data, bias):
+def test_conv_transpose2d_matches_reference(chunking, conv_path, case, data, bias):
     xs, ws, s, p, d, groups, seed = case
     # output_padding must be smaller than the stride or the dilation
     op = data.draw(pairs(*(st.integers(0, max(si, di) - 1) for si, di in zip(s, d))))
@@ -111,7 +120,7 @@ def test_conv_transpose2d_matches_reference(chunking, case, data, bias):
         ((2, 3, 15, 16), (8, 3, 3, 3), 2, 1),  # strided im2col
     ],
 )
-def test_conv2d_float32_model_shapes(chunking, xs, ws, s, p):
+def test_conv2d_float32_model_shapes(chunking, conv_path, xs, ws, s, p):
     """The model shapes the engine runs, float32 end to end, against float64."""
     rng = np.random.default_rng(0)
     x, w, b = rng.standard_normal(xs), rng.standard_normal(ws), rng.standard_normal(ws[0])
