@@ -82,6 +82,9 @@ class Optimizer:
 
     NAME: ClassVar[str] = ""
     BUFFERS: ClassVar[tuple[str, ...]] = ()
+    #: Hyperparameters besides lr, as attributes named like ``make_optimizer``'s keywords.
+    SETTINGS: ClassVar[tuple[str, ...]] = ()
+    weight_decay: float = 0.0
 
     def __init__(self, lr: float) -> None:
         self.lr = lr
@@ -102,7 +105,15 @@ class Optimizer:
 
     def config(self) -> dict[str, Any]:
         """Name and hyperparameters, JSON-serialisable, as ``make_optimizer`` takes them."""
-        raise NotImplementedError
+        return {"name": self.NAME, "lr": self.lr, **{k: getattr(self, k) for k in self.SETTINGS}}
+
+    def _with_l2(self, p: np.ndarray, g: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """g + weight_decay*p (L2 decay added to the gradient, as torch does), in ``out``."""
+        if not self.weight_decay:
+            return g
+        np.multiply(p, self.weight_decay, out=out)
+        np.add(g, out, out=out)
+        return out
 
     def step(self, params: Mapping[str, np.ndarray], grads: Mapping[str, np.ndarray]) -> None:
         """Update every array in ``params`` in place from ``grads[name]`` (same shape)."""
@@ -175,6 +186,7 @@ class SGD(Optimizer):
     """Stochastic gradient descent with optional (Nesterov) momentum and L2 decay."""
 
     NAME = "sgd"
+    SETTINGS = ("momentum", "dampening", "weight_decay", "nesterov")
     BUFFERS = ("momentum_buffer",)
 
     def __init__(
@@ -198,22 +210,9 @@ class SGD(Optimizer):
             _check(self.momentum > 0, n, "nesterov needs momentum > 0", momentum)
             _check(self.dampening == 0, n, "nesterov needs dampening 0", dampening)
 
-    def config(self) -> dict[str, Any]:
-        return {
-            "name": self.NAME,
-            "lr": self.lr,
-            "momentum": self.momentum,
-            "dampening": self.dampening,
-            "weight_decay": self.weight_decay,
-            "nesterov": self.nesterov,
-        }
-
     def _update(self, name: str, p: np.ndarray, g: np.ndarray) -> None:
         s1, s2 = self._tmp(name, p, 2)
-        if self.weight_decay:
-            np.multiply(p, self.weight_decay, out=s1)
-            np.add(g, s1, out=s1)
-            g = s1
+        g = self._with_l2(p, g, s1)
         update = g
         if self.momentum:
             per = self._buf["momentum_buffer"]
@@ -252,6 +251,7 @@ class Adam(Optimizer):
     """Adam (Kingma and Ba) with coupled L2 weight decay and optional AMSGrad."""
 
     NAME = "adam"
+    SETTINGS = ("beta1", "beta2", "eps", "weight_decay", "amsgrad")
     BUFFERS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
     DECOUPLED: ClassVar[bool] = False
 
@@ -276,26 +276,13 @@ class Adam(Optimizer):
         _check(self.eps >= 0, n, "eps must be >= 0", eps)
         _check(self.weight_decay >= 0, n, "weight_decay must be >= 0", weight_decay)
 
-    def config(self) -> dict[str, Any]:
-        return {
-            "name": self.NAME,
-            "lr": self.lr,
-            "beta1": self.beta1,
-            "beta2": self.beta2,
-            "eps": self.eps,
-            "weight_decay": self.weight_decay,
-            "amsgrad": self.amsgrad,
-        }
-
     def _update(self, name: str, p: np.ndarray, g: np.ndarray) -> None:
         s1, s2 = self._tmp(name, p, 2)
-        if self.weight_decay:
-            if self.DECOUPLED:
+        if self.DECOUPLED:
+            if self.weight_decay:
                 np.multiply(p, 1.0 - self.lr * self.weight_decay, out=p)
-            else:
-                np.multiply(p, self.weight_decay, out=s1)
-                np.add(g, s1, out=s1)
-                g = s1
+        else:
+            g = self._with_l2(p, g, s1)
         m = self._state("exp_avg", name, p)
         v = self._state("exp_avg_sq", name, p)
         _lerp(m, g, 1.0 - self.beta1, s2)
@@ -339,6 +326,7 @@ class RMSprop(Optimizer):
     """RMSprop (Hinton) as torch has it: eps outside the root, optional momentum, centered."""
 
     NAME = "rmsprop"
+    SETTINGS = ("alpha", "eps", "weight_decay", "momentum", "centered")
     BUFFERS = ("square_avg", "grad_avg", "momentum_buffer")
 
     def __init__(
@@ -362,23 +350,9 @@ class RMSprop(Optimizer):
         _check(self.weight_decay >= 0, n, "weight_decay must be >= 0", weight_decay)
         _check(self.momentum >= 0, n, "momentum must be >= 0", momentum)
 
-    def config(self) -> dict[str, Any]:
-        return {
-            "name": self.NAME,
-            "lr": self.lr,
-            "alpha": self.alpha,
-            "eps": self.eps,
-            "weight_decay": self.weight_decay,
-            "momentum": self.momentum,
-            "centered": self.centered,
-        }
-
     def _update(self, name: str, p: np.ndarray, g: np.ndarray) -> None:
         s1, s2 = self._tmp(name, p, 2)
-        if self.weight_decay:
-            np.multiply(p, self.weight_decay, out=s1)
-            np.add(g, s1, out=s1)
-            g = s1
+        g = self._with_l2(p, g, s1)
         v = self._state("square_avg", name, p)
         np.multiply(v, self.alpha, out=v)
         np.multiply(g, 1.0 - self.alpha, out=s2)
