@@ -160,6 +160,42 @@ def nchw_to_rows(y, n0, nb, wr, rows):
                 rf[_u(dst + j)] = 0
 
 
+@njit(fastmath={"reassoc"}, **_OPTS)
+def nchw_to_rows_act(dy, y, act, n0, nb, wr, rows, db):
+    """nchw_to_rows of the pre-activation gradient dz = dy * act'(y) (act 1: ReLU,
+    dz = dy where y > 0; 2: tanh, dz = dy * (1 - y^2)) in one pass, instead of an
+    activation-derivative pass over dy and then a copy. When db has K entries (float64)
+    it accumulates dz summed over each channel, in row order."""
+    N, K, Ho, Wo = dy.shape
+    L = nb * Ho * wr
+    rf = rows.reshape(-1)
+    df = dy.reshape(-1)
+    yf = y.reshape(-1)
+    has_b = db.shape[0] == K
+    for t in range(nb * K):
+        n = t // K
+        k = t - n * K
+        s = 0.0
+        for i in range(Ho):
+            dst = k * L + (n * Ho + i) * wr
+            src = (((n0 + n) * K + k) * Ho + i) * Wo
+            if act == 1:
+                for j in range(Wo):
+                    g = df[_u(src + j)] if yf[_u(src + j)] > 0 else 0
+                    rf[_u(dst + j)] = g
+                    s += g
+            else:
+                for j in range(Wo):
+                    yv = yf[_u(src + j)]
+                    g = df[_u(src + j)] * (1 - yv * yv)
+                    rf[_u(dst + j)] = g
+                    s += g
+            for j in range(Wo, wr):
+                rf[_u(dst + j)] = 0
+        if has_b:
+            db[k] += s
+
+
 # ---------------------------------------------------------------------------------------
 # "Wide" im2col for stride 1. On a zero-padded input of width Wp, output pixel (i, j) and
 # tap (u, v) read xp[i + u*dh, j + v*dw]; flattening (i, j) over the full padded width
@@ -697,3 +733,167 @@ def tanh_backward(dy, y, out):
 def sigmoid_backward(dy, y, out):
     for i in range(dy.size):
         out[_u(i)] = dy[_u(i)] * (y[_u(i)] * (1 - y[_u(i)]))
+
+
+# ---------------------------------------------------------------------------------------
+# Winograd F(2x2, 3x3) for stride-1, pad-1 3x3 convolutions. The output is cut into 2x2
+# tiles; tile t reads a 4x4 input patch d (rows 2ti-1..2ti+2, zero outside) and
+#     y_tile = A^T [ (G g G^T) * (B^T d B) ] A        (* elementwise over the 4x4 = 16 e)
+# so the 16 products over channels are 16 GEMMs  M[e] = U[e] [K, C] @ V[e] [C, tiles]
+# (2.25x fewer multiply-adds than im2col). V[e, c, t] and M[e, k, t] are flat with
+# t = (n*th + ti)*tw + tj over a chunk of nb images. The 16 matrices lie a padded stride
+# apart (CT = C*T + 16, not a multiple of 4 KiB): 16 streams 2^k bytes apart would all
+# map to the same L1 cache sets.
+# ---------------------------------------------------------------------------------------
+
+
+@njit(**_OPTS)
+def winograd_input(src, n0, nb, ti0, nti, C, H, W, ns, cs, rs, th, tw, plane, V, CT):
+    """V <- B^T d B for every channel and tile (tile rows ti0..ti0+nti-1) of images
+    n0..n0+nb-1 of ``src`` (flat;
+    element (n, c, i, j) at n*ns + c*cs + i*rs + j). ``plane`` is a scratch array of at
+    least (2*th + 2) * (2*tw + 2) elements (one zero-padded channel, its even and odd
+    columns stored apart). V[e*CT + c*T + t]: CT >= C*T is the stride between the 16
+    matrices (padded by the caller so that the 16 store streams do not alias in L1)."""
+    Hp, E = 2 * th + 2, tw + 1
+    Wp = 2 * E
+    T = nb * nti * tw
+    i_lo, i_hi = max(0, 2 * ti0 - 1), min(H, 2 * (ti0 + nti) + 1)  # input rows read
+    for q in range(Hp * Wp):
+        plane[_u(q)] = 0
+    for n in range(nb):
+        for c in range(C):
+            s0 = (n0 + n) * ns + c * cs
+            for i in range(i_lo, i_hi):
+                # padded column p = j + 1, stored de-interleaved: even p at p // 2, odd p
+                # at E + p // 2, so that the tile loop below reads with unit stride
+                row = (i + 1) * Wp
+                sr = s0 + i * rs
+                for t in range((W + 1) // 2):  # j = 2t: odd p = 2t + 1
+                    plane[_u(row + E + t)] = src[_u(sr + 2 * t)]
+                for t in range(1, W // 2 + 1):  # j = 2t - 1: even p = 2t
+                    plane[_u(row + t)] = src[_u(sr + 2 * t - 1)]
+            for ti in range(ti0, ti0 + nti):
+                p0 = 2 * ti * Wp
+                vb = c * T + (n * nti + ti - ti0) * tw
+                for tj in range(tw):
+                    p = p0 + tj
+                    d00 = plane[_u(p)]
+                    d01 = plane[_u(p + E)]
+                    d02 = plane[_u(p + 1)]
+                    d03 = plane[_u(p + E + 1)]
+                    d10 = plane[_u(p + Wp)]
+                    d11 = plane[_u(p + Wp + E)]
+                    d12 = plane[_u(p + Wp + 1)]
+                    d13 = plane[_u(p + Wp + E + 1)]
+                    d20 = plane[_u(p + 2 * Wp)]
+                    d21 = plane[_u(p + 2 * Wp + E)]
+                    d22 = plane[_u(p + 2 * Wp + 1)]
+                    d23 = plane[_u(p + 2 * Wp + E + 1)]
+                    d30 = plane[_u(p + 3 * Wp)]
+                    d31 = plane[_u(p + 3 * Wp + E)]
+                    d32 = plane[_u(p + 3 * Wp + 1)]
+                    d33 = plane[_u(p + 3 * Wp + E + 1)]
+                    # rows: B^T d
+                    a0, a1, a2, a3 = d00 - d20, d01 - d21, d02 - d22, d03 - d23
+                    b0, b1, b2, b3 = d10 + d20, d11 + d21, d12 + d22, d13 + d23
+                    e0, e1, e2, e3 = d20 - d10, d21 - d11, d22 - d12, d23 - d13
+                    f0, f1, f2, f3 = d10 - d30, d11 - d31, d12 - d32, d13 - d33
+                    o = vb + tj
+                    V[_u(o)] = a0 - a2
+                    V[_u(o + CT)] = a1 + a2
+                    V[_u(o + 2 * CT)] = a2 - a1
+                    V[_u(o + 3 * CT)] = a1 - a3
+                    V[_u(o + 4 * CT)] = b0 - b2
+                    V[_u(o + 5 * CT)] = b1 + b2
+                    V[_u(o + 6 * CT)] = b2 - b1
+                    V[_u(o + 7 * CT)] = b1 - b3
+                    V[_u(o + 8 * CT)] = e0 - e2
+                    V[_u(o + 9 * CT)] = e1 + e2
+                    V[_u(o + 10 * CT)] = e2 - e1
+                    V[_u(o + 11 * CT)] = e1 - e3
+                    V[_u(o + 12 * CT)] = f0 - f2
+                    V[_u(o + 13 * CT)] = f1 + f2
+                    V[_u(o + 14 * CT)] = f2 - f1
+                    V[_u(o + 15 * CT)] = f1 - f3
+
+
+@njit(inline="always")
+def _wino_tile(M, o, KT, bk):
+    """A^T m A + bk for the tile whose 16 transformed values are M[o + e*KT]."""
+    m00 = M[_u(o)]
+    m01 = M[_u(o + KT)]
+    m02 = M[_u(o + 2 * KT)]
+    m03 = M[_u(o + 3 * KT)]
+    m10 = M[_u(o + 4 * KT)]
+    m11 = M[_u(o + 5 * KT)]
+    m12 = M[_u(o + 6 * KT)]
+    m13 = M[_u(o + 7 * KT)]
+    m20 = M[_u(o + 8 * KT)]
+    m21 = M[_u(o + 9 * KT)]
+    m22 = M[_u(o + 10 * KT)]
+    m23 = M[_u(o + 11 * KT)]
+    m30 = M[_u(o + 12 * KT)]
+    m31 = M[_u(o + 13 * KT)]
+    m32 = M[_u(o + 14 * KT)]
+    m33 = M[_u(o + 15 * KT)]
+    # A^T m: rows 0 and 1
+    r00 = m00 + m10 + m20
+    r01 = m01 + m11 + m21
+    r02 = m02 + m12 + m22
+    r03 = m03 + m13 + m23
+    r10 = m10 - m20 - m30
+    r11 = m11 - m21 - m31
+    r12 = m12 - m22 - m32
+    r13 = m13 - m23 - m33
+    v00 = r00 + r01 + r02 + bk
+    v01 = r01 - r02 - r03 + bk
+    v10 = r10 + r11 + r12 + bk
+    v11 = r11 - r12 - r13 + bk
+    return v00, v01, v10, v11
+
+
+@njit(**_OPTS)
+def winograd_output(M, KT, K, nb, ti0, nti, tw, b, relu, n0, y):
+    """y[n0 + n, k] <- A^T M A (+ b[k] when b has K entries; ReLU with ``relu``) for the
+    chunk's tiles (tile rows ti0..ti0+nti-1 of its nb images), dropping the tile rows and
+    columns beyond Ho, Wo (odd sizes). M[e*KT + k*T + t]: KT >= K*T is the stride between
+    the 16 matrices. The loop over full tiles stores unconditionally (so that it
+    vectorises); odd sizes get a tail."""
+    N, _, Ho, Wo = y.shape
+    T = nb * nti * tw
+    twf = Wo // 2
+    yf = y.reshape(-1)
+    has_b = b.shape[0] == K
+    zero = np.zeros(1, dtype=M.dtype)[0]
+    for n in range(nb):
+        for k in range(K):
+            bk = b[k] if has_b else zero
+            yb = ((n0 + n) * K + k) * Ho * Wo
+            for ti in range(ti0, ti0 + nti):
+                mb = k * T + (n * nti + ti - ti0) * tw
+                q0 = yb + 2 * ti * Wo
+                if 2 * ti + 1 < Ho:
+                    for tj in range(twf):
+                        v00, v01, v10, v11 = _wino_tile(M, mb + tj, KT, bk)
+                        q = q0 + 2 * tj
+                        yf[_u(q)] = v00
+                        yf[_u(q + 1)] = v01
+                        yf[_u(q + Wo)] = v10
+                        yf[_u(q + Wo + 1)] = v11
+                    if twf < tw:
+                        v00, v01, v10, v11 = _wino_tile(M, mb + twf, KT, bk)
+                        yf[_u(q0 + 2 * twf)] = v00
+                        yf[_u(q0 + 2 * twf + Wo)] = v10
+                else:
+                    for tj in range(tw):
+                        v00, v01, v10, v11 = _wino_tile(M, mb + tj, KT, bk)
+                        yf[_u(q0 + 2 * tj)] = v00
+                        if 2 * tj + 1 < Wo:
+                            yf[_u(q0 + 2 * tj + 1)] = v01
+            if relu:  # a separate pass over the (L1-hot) rows, so that it vectorises
+                # to selects; zero has y's dtype (an int 0 would unify to float64)
+                q1 = yb + min(Ho, 2 * (ti0 + nti)) * Wo
+                for q in range(yb + 2 * ti0 * Wo, q1):
+                    v = yf[_u(q)]
+                    yf[_u(q)] = zero if v < zero else v

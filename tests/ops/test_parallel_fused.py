@@ -26,6 +26,7 @@ CASES = [  # (x shape, w shape, stride, padding): wide path, direct path, stride
     ((6, 4, 7, 7), (12, 4, 3, 3), 1, 1),
     ((7, 2, 9, 9), (10, 2, 3, 2), 2, 0),
     ((4, 3, 5, 5), (9, 3, 5, 5), 1, 0),  # dense-shaped
+    ((3, 16, 12, 12), (20, 16, 3, 3), 1, 1),  # wide im2col + GEMM path
 ]
 
 
@@ -110,3 +111,34 @@ def test_model_without_input_grad_matches_full_backward(workers):
     assert full.keys() == model.grads.keys()
     for k, g in full.items():
         np.testing.assert_allclose(model.grads[k], g, rtol=0, atol=1e-12, err_msg=k)
+
+
+@pytest.mark.parametrize("act", ["relu", "tanh"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("bias", [True, False])
+def test_act_grad_fused_into_rows_matches_separate_pass(workers, monkeypatch, act, dtype, bias):
+    """kern.nchw_to_rows_act (derivative + bias sum in the GEMM layout pass) against its
+    twin: the separate activation-derivative pass followed by nchw_to_rows."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((5, 16, 12, 11)).astype(dtype)
+    w = rng.standard_normal((24, 16, 3, 3)).astype(dtype)
+    b = rng.standard_normal(24).astype(dtype) if bias else None
+    y, cache = conv.conv2d_forward(x, w, b, 1, 1, act=act)
+    assert conv._fuses_act_grad(cache.geometry, 16, 24)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    got = conv.conv2d_backward(dy, cache, act=(act, y))
+    monkeypatch.setattr(conv, "FUSE_ACT_GRAD", False)
+    want = conv.conv2d_backward(dy, cache, act=(act, y))
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+    for g, r in zip(got, want):
+        if r is None:
+            assert g is None
+            continue
+        assert g.dtype == dtype
+        np.testing.assert_allclose(g, r, rtol=tol, atol=tol * np.abs(r).max())
+    again = conv.conv2d_backward(dy, cache, act=(act, y))
+    monkeypatch.setattr(conv, "FUSE_ACT_GRAD", True)
+    again = conv.conv2d_backward(dy, cache, act=(act, y))
+    for g, a in zip(got, again):
+        if g is not None:
+            np.testing.assert_array_equal(g, a)  # deterministic for a fixed thread count

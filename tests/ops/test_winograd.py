@@ -1,0 +1,136 @@
+"""Winograd F(2x2, 3x3) (the float32 fast path of 3x3 stride-1 pad-1 convs: forward and
+input gradient) against its twins: the reference conv in float64, and the im2col path
+(GEMM + col2im for the input gradient) in float32."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cnncli.ops import _threads, conv
+from cnncli.ops import reference as ref
+
+
+@pytest.fixture(params=[1, 2], ids=lambda n: f"{n}-workers")
+def workers(request, monkeypatch):
+    monkeypatch.setattr(_threads, "MIN_PARALLEL_WORK", 0)
+    _threads.set_workers(request.param)
+    yield request.param
+    _threads.set_workers(None)
+
+
+SHAPES = [(3, 16, 20, 8, 8), (2, 17, 16, 7, 9), (5, 16, 24, 5, 4), (1, 18, 16, 1, 1),
+          (2, 16, 16, 2, 3)]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("chunk", [1 << 19, 64], ids=["images", "bands"])
+def test_winograd_conv_float64_matches_reference(monkeypatch, shape, relu, chunk):
+    """winograd_conv runs float64 too (conv2d keeps im2col there): exact to rounding.
+    A tiny chunk size cuts images into bands of tile rows."""
+    monkeypatch.setattr(conv, "WINOGRAD_CHUNK_BYTES", chunk)
+    n, c, k, h, w = shape
+    rng = np.random.default_rng(4)
+    x, wt, b = (rng.standard_normal((n, c, h, w)), rng.standard_normal((k, c, 3, 3)),
+                rng.standard_normal(k))
+    y = np.full((n + 2, k, h, w), np.nan)
+    conv.winograd_conv(x.reshape(-1), conv.winograd_weights(wt), b, relu, y, 1, n,
+                       (c * h * w, h * w, w), 0)
+    want = ref.conv2d(x, wt, b, (1, 1), (1, 1))
+    if relu:
+        want = np.maximum(want, 0)
+    np.testing.assert_allclose(y[1:n + 1], want, rtol=0, atol=1e-10)
+    assert np.isnan(y[0]).all() and np.isnan(y[n + 1]).all()  # nothing else written
+
+
+@pytest.mark.parametrize("shape", SHAPES[:3] + [(9, 32, 32, 16, 16)])
+@pytest.mark.parametrize("act", [None, "relu", "tanh"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_conv2d_float32_winograd_matches_im2col(workers, monkeypatch, shape, act, bias):
+    n, c, k, h, w = shape
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    wt = rng.standard_normal((k, c, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(k).astype(np.float32) if bias else None
+    y, cache = conv.conv2d_forward(x, wt, b, 1, 1, act=act)
+    assert conv._is_winograd(cache.geometry, c, k, np.float32)
+    assert y.dtype == np.float32
+    again, _ = conv.conv2d_forward(x, wt, b, 1, 1, act=act)
+    np.testing.assert_array_equal(y, again)  # deterministic
+    monkeypatch.setattr(conv, "WINOGRAD", False)
+    want, _ = conv.conv2d_forward(x, wt, b, 1, 1, act=act)
+    exact = ref.conv2d(x.astype(np.float64), wt.astype(np.float64),
+                       None if b is None else b.astype(np.float64), (1, 1), (1, 1))
+    scale = np.abs(exact).max()  # of the pre-activation: the sums carry the rounding
+    np.testing.assert_allclose(y, want, rtol=0, atol=1e-5 * scale)
+    exact = {"relu": np.maximum(exact, 0), "tanh": np.tanh(exact)}.get(act, exact)
+    np.testing.assert_allclose(y, exact, rtol=0, atol=1e-5 * scale)
+
+
+def test_winograd_only_where_it_pays():
+    g = conv._geometry((8, 8), (16, 16, 3, 3), 1, 1, 1, 1)
+    assert conv._is_winograd(g, 16, 16, np.float32)
+    assert not conv._is_winograd(g, 16, 16, np.float64)  # golden files: im2col
+    assert not conv._is_winograd(g, 3, 16, np.float32)  # too few channels
+    assert not conv._is_winograd(g, 16, 8, np.float32)
+    for args in [((16, 16, 3, 3), 2, 1, 1, 1), ((16, 16, 3, 3), 1, 0, 1, 1),
+                 ((16, 16, 3, 3), 1, 1, 2, 1), ((16, 4, 3, 3), 1, 1, 1, 4),
+                 ((16, 16, 5, 5), 1, 1, 1, 1)]:
+        assert not conv._is_winograd(conv._geometry((8, 8), *args), 16, 16, np.float32)
+
+
+@pytest.mark.parametrize("shape", SHAPES[:3] + [(9, 32, 32, 16, 16)])
+@pytest.mark.parametrize("act", [None, "relu", "tanh"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_conv2d_float32_winograd_input_grad_matches_im2col(workers, monkeypatch, shape, act,
+                                                           bias):
+    """dx as a Winograd conv of dz with the flipped, transposed weights (WINOGRAD_DX)
+    against GEMM + col2im; dw and db do not change."""
+    n, c, k, h, w = shape
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    wt = rng.standard_normal((k, c, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(k).astype(np.float32) if bias else None
+    y, cache = conv.conv2d_forward(x, wt, b, 1, 1, act=act)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    fused = None if act is None else (act, y)
+    got = conv.conv2d_backward(dy, cache, act=fused)
+    again = conv.conv2d_backward(dy, cache, act=fused)
+    for g, a in zip(got, again):
+        if g is not None:
+            np.testing.assert_array_equal(g, a)  # deterministic
+    monkeypatch.setattr(conv, "WINOGRAD_DX", False)
+    want = conv.conv2d_backward(dy, cache, act=fused)
+    for g, r in zip(got, want):
+        if r is None:
+            assert g is None
+            continue
+        assert g.dtype == np.float32
+        np.testing.assert_allclose(g, r, rtol=0, atol=1e-5 * np.abs(r).max())
+    dz = dy.astype(np.float64)
+    if act == "relu":
+        dz = dz * (y > 0)
+    elif act == "tanh":
+        dz = dz * (1 - y.astype(np.float64) ** 2)
+    rdx, _, _ = ref.conv2d_backward(dz, x.astype(np.float64), wt.astype(np.float64),
+                                    (1, 1), (1, 1))
+    np.testing.assert_allclose(got[0], rdx, rtol=0, atol=1e-5 * np.abs(rdx).max())
+
+
+def test_conv_transpose_float32_winograd_matches_im2col(workers, monkeypatch):
+    """conv_transpose2d's forward is conv2d's input gradient: the same Winograd path."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((3, 16, 6, 7)).astype(np.float32)
+    wt = rng.standard_normal((16, 20, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(20).astype(np.float32)
+    y, cache = conv.conv_transpose2d_forward(x, wt, b, 1, 1)
+    assert conv._is_winograd(cache.geometry, 16, 20, np.float32)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    grads = conv.conv_transpose2d_backward(dy, cache)
+    monkeypatch.setattr(conv, "WINOGRAD_DX", False)
+    monkeypatch.setattr(conv, "WINOGRAD", False)
+    want, cache = conv.conv_transpose2d_forward(x, wt, b, 1, 1)
+    np.testing.assert_allclose(y, want, rtol=0, atol=1e-5 * np.abs(want).max())
+    for g, r in zip(grads, conv.conv_transpose2d_backward(dy, cache)):
+        np.testing.assert_allclose(g, r, rtol=0, atol=1e-5 * np.abs(r).max())
