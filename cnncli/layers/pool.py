@@ -115,7 +115,8 @@ class Pool(Layer):
 
         if self.over == "depth":
             return pool.depth_pool_forward(x, self.mode, self.size[0], self.stride[0])
-        return pool.pool2d_forward(x, self.mode, self.size, self.stride, self.padding, self.ceil)
+        return pool.pool2d_forward(x, self.mode, self.size, self.stride, self.padding, self.ceil,
+                                   need_argmax=bool(getattr(ctx, "training", True)))
 
     def backward(self, node: Node, dy: Any, cache: Any, state: dict, grads: dict) -> Any:
         from cnncli.ops import pool

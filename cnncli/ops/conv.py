@@ -17,8 +17,8 @@ A transposed convolution is the adjoint of conv2d and runs on the same machinery
 
 float32 3x3 convolutions with stride 1 and padding 1 (and >= 16 channels each way) run
 their forward pass and their input gradient by Winograd F(2x2, 3x3) instead (16 GEMMs
-over 2x2 output tiles, 2.25x fewer multiply-adds; ``winograd_conv``); the weight gradient
-stays im2col + GEMM.
+over 2x2 output tiles, 2.25x fewer multiply-adds; ``winograd_conv``), and their weight
+gradient in the Winograd domain too (``winograd_weight_grad``).
 """
 
 from __future__ import annotations
@@ -55,6 +55,13 @@ BATCHED_MAX_COLS = 16384
 WINOGRAD = True
 WINOGRAD_MIN_CHANNELS = 16
 WINOGRAD_DX = True
+#: The weight gradient of the same layers in the Winograd domain (winograd_weight_grad):
+#: dU[e] = sum over tiles of (A dz A^T)[e] (B^T x B)[e], 16 GEMMs [K, T] @ [T, C], then
+#: dW = G^T dU G; False: im2col + GEMM (the twin the tests compare with).
+WINOGRAD_DW = True
+#: Tiles per chunk of the weight gradient (the 16 GEMMs contract over them; OpenBLAS
+#: runs [C, T] @ [T, K] fastest near T = 128 for 32-64 channels).
+WINOGRAD_DW_TILES = 128
 #: Target size of one chunk's transformed input V [16, C, tiles].
 WINOGRAD_CHUNK_BYTES = 1 << 19
 
@@ -377,6 +384,56 @@ def winograd_conv(src: np.ndarray, u: np.ndarray, bias: np.ndarray, relu: bool,
             kern.winograd_output(mm, kt, k, mb, ti0, nt, tw, bias, relu, n0 + a, y)
 
 
+def winograd_weight_grad(x: np.ndarray, dz: np.ndarray, part: int,
+                         db: np.ndarray | None = None) -> np.ndarray:
+    """dW [K, C, 3, 3] of y = conv2d(x, w, stride 1, padding 1) given dz = dL/dy, for
+    contiguous x [m, C, H, W] and dz [m, K, H, W], by Winograd F(2x2, 3x3): per chunk of
+    about WINOGRAD_DW_TILES tiles (whole images, or bands of tile rows) V = B^T x B
+    (kern.winograd_input, [16, C, T]) and DM = A dz A^T (kern.winograd_dy, tile-major
+    [16, T, K]), then dU[e]^T += V[e] @ DM[e]; finally dW = G^T dU G (in float64). Adds
+    dz's channel sums to ``db`` (float64 [K]) when given. Serial, with the workspaces of
+    ``part``."""
+    from cnncli.ops import _kernels as kern
+    from cnncli.ops import _threads
+
+    m, c, h, wd = x.shape
+    k = dz.shape[1]
+    th, tw = (h + 1) // 2, (wd + 1) // 2
+    tiles = th * tw
+    if tiles >= WINOGRAD_DW_TILES:
+        nb, nti = 1, max(1, min(th, WINOGRAD_DW_TILES // tw))
+    else:
+        nb, nti = max(1, min(m, WINOGRAD_DW_TILES // tiles)), th
+    band = nb * nti * tw
+    plane = _threads.workspace("wino.plane", part, (2 * th + 2) * (2 * tw + 2), x.dtype)
+    v_buf = _threads.workspace("wino.v", part, 16 * (c * band + _WINO_SKEW), x.dtype)
+    m_buf = _threads.workspace("wino.m", part, 16 * (k * band + _WINO_SKEW), x.dtype)
+    dut = np.empty((16, c, k), dtype=x.dtype)
+    dut_tmp = np.empty_like(dut)
+    dbv = db if db is not None else np.empty(0, dtype=np.float64)
+    xf = x.reshape(-1)
+    first = True
+    for a in range(0, m, nb):
+        mb = min(nb, m - a)
+        for ti0 in range(0, th, nti):
+            nt = min(nti, th - ti0)
+            t = mb * nt * tw
+            ct, kt = c * t + _WINO_SKEW, k * t + _WINO_SKEW
+            v = v_buf[: 16 * ct]
+            kern.winograd_input(xf, a, mb, ti0, nt, c, h, wd, c * h * wd, h * wd, wd, th, tw,
+                                plane, v, ct)
+            dm = m_buf[: 16 * kt]
+            kern.winograd_dy(dz, a, mb, ti0, nt, k, h, wd, th, tw, dm, kt, dbv)
+            np.matmul(v.reshape(16, ct)[:, : c * t].reshape(16, c, t),
+                      dm.reshape(16, kt)[:, : k * t].reshape(16, t, k),
+                      out=dut if first else dut_tmp)
+            if not first:
+                dut += dut_tmp
+            first = False
+    d4 = dut.astype(np.float64).reshape(4, 4, c, k).transpose(3, 2, 0, 1)
+    return np.matmul(np.matmul(_G.T, d4), _G).astype(x.dtype)
+
+
 #: Activations that conv2d_forward can apply in its output pass (``act=``).
 FUSED_ACTIVATIONS = ("relu", "tanh")
 #: Images per call of the direct forward kernel (keeps its output cache-hot for the
@@ -559,7 +616,9 @@ def _backward_core(x, dy, w, g: ConvGeometry, need_dx: bool, need_dw: bool, prep
     r, q = plan.rows, ho * plan.wr
     kg, rg = k // groups, r // groups
     wg = w2.reshape(groups, kg, rg)
-    gemm_dw = need_dw and not direct_dw
+    wino_dw = (need_dw and not direct_dw and WINOGRAD_DW and x is not None
+               and _is_winograd(g, c, k, dy.dtype))
+    gemm_dw = need_dw and not direct_dw and not wino_dw
     wino_dx = need_dx and WINOGRAD_DX and _is_winograd(g, k, c, dy.dtype)
     if wino_dx:  # dx = conv2d(dz, w flipped, channels swapped), stride 1, padding 1
         u_dx = winograd_weights(np.ascontiguousarray(w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1]))
@@ -580,6 +639,20 @@ def _backward_core(x, dy, w, g: ConvGeometry, need_dx: bool, need_dw: bool, prep
             dwpk = np.empty((-(-k // 4), c * kh * kw, 4), dtype=dy.dtype)
             kern.direct_conv_weight_grad(x[lo:hi], dy[lo:hi], kh, kw, ph, pw, dh, dwl, dwpk)
             dwp = dwpk.transpose(0, 2, 1).reshape(-1, c * kh * kw)[:k]
+        if wino_dw:
+            dz = dy[lo:hi]
+            if act_y is not None:
+                dz = _threads.workspace("wino.dz", p, dz.size, dy.dtype).reshape(dz.shape)
+                back = kern.relu_backward if act_code == 1 else kern.tanh_backward
+                back(dy[lo:hi].reshape(-1), y_act[lo:hi].reshape(-1), dz.reshape(-1))
+            # the im2col dx loop below (without WINOGRAD_DX) sums db itself
+            own_db = act_y is not None and with_db and wino_dx
+            dwp = winograd_weight_grad(x[lo:hi], dz, p, db_acc if own_db else None)
+            dwp = dwp.reshape(k, -1)
+            if need_dx and wino_dx:
+                winograd_conv(dz.reshape(-1), u_dx, no_bias, False, dx, lo, hi - lo,
+                              (k * ho * wo, ho * wo, wo), p)
+                return extra, dwp
         if not (need_dx or gemm_dw):
             return extra, dwp
         nb = min(plan.nb, hi - lo)

@@ -152,8 +152,14 @@ def pool2d_forward(
     stride: int | Pair,
     padding: int | Pair = (0, 0),
     ceil_mode: bool = False,
+    *,
+    need_argmax: bool = True,
 ) -> tuple[np.ndarray, PoolCache]:
-    """y [N, C, Ho, Wo] = pool(x [N, C, H, W]) with ``kind`` in max | avg | l2."""
+    """y [N, C, Ho, Wo] = pool(x [N, C, H, W]) with ``kind`` in max | avg | l2.
+
+    ``need_argmax=False`` (inference) lets 2x2/2 max pooling skip the winners' indices
+    (kern.maxpool2x2_values); the cache then keeps x and pool2d_backward finds them
+    again if it is called after all."""
     from cnncli.ops import _kernels as kern
 
     _check_kind(kind, POOL_KINDS, "pool2d")
@@ -166,7 +172,12 @@ def pool2d_forward(
     y = np.empty((n, c, ho, wo), dtype=x.dtype)
     argmax = keep_x = keep_y = None
     two_by_two = _is_2x2(kh, kw, sh, sw, ph, pw, h, w, ho, wo)
-    if kind == "max":
+    if kind == "max" and two_by_two and not need_argmax:
+        keep_x = x
+
+        def part(lo, hi, _):
+            kern.maxpool2x2_values(x[lo:hi], ho, wo, y[lo:hi])
+    elif kind == "max":
         argmax = np.empty((n, c, ho, wo), dtype=np.int32)
 
         def part(lo, hi, _):
@@ -204,6 +215,9 @@ def pool2d_backward(dy: np.ndarray, cache: PoolCache) -> np.ndarray:
     dx = np.empty(x_shape, dtype=dtype)
     h, w = x_shape[2:]
     two_by_two = _is_2x2(kh, kw, sh, sw, ph, pw, h, w, *y_shape[2:])
+    if kind == "max" and argmax is None:  # forward ran with need_argmax=False
+        argmax = np.empty(y_shape, dtype=np.int32)
+        kern.maxpool2x2_forward(x, *y_shape[2:], np.empty(y_shape, dtype=dtype), argmax)
 
     def part(lo, hi, _):
         if kind == "max":

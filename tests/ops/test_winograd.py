@@ -134,3 +134,60 @@ def test_conv_transpose_float32_winograd_matches_im2col(workers, monkeypatch):
     np.testing.assert_allclose(y, want, rtol=0, atol=1e-5 * np.abs(want).max())
     for g, r in zip(grads, conv.conv_transpose2d_backward(dy, cache)):
         np.testing.assert_allclose(g, r, rtol=0, atol=1e-5 * np.abs(r).max())
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("tiles", [128, 3, 1], ids=["images", "bands", "rows"])
+def test_winograd_weight_grad_float64_matches_reference(monkeypatch, shape, tiles):
+    """winograd_weight_grad (dW in the Winograd domain) in float64: exact to rounding,
+    whole images per chunk or bands of tile rows, odd sizes included; db is dz's sum."""
+    monkeypatch.setattr(conv, "WINOGRAD_DW_TILES", tiles)
+    n, c, k, h, w = shape
+    rng = np.random.default_rng(8)
+    x, wt, dz = (rng.standard_normal((n, c, h, w)), rng.standard_normal((k, c, 3, 3)),
+                 rng.standard_normal((n, k, h, w)))
+    db = np.zeros(k)
+    dw = conv.winograd_weight_grad(x, dz, 0, db)
+    _, want, _ = ref.conv2d_backward(dz, x, wt, (1, 1), (1, 1))
+    np.testing.assert_allclose(dw, want, rtol=0, atol=1e-10 * np.abs(want).max())
+    np.testing.assert_allclose(db, dz.sum(axis=(0, 2, 3)), rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("shape", SHAPES[:3] + [(9, 32, 32, 16, 16)])
+@pytest.mark.parametrize("act", [None, "relu", "tanh"])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("wino_dx", [True, False])
+def test_conv2d_float32_winograd_weight_grad_matches_im2col(workers, monkeypatch, shape,
+                                                            act, bias, wino_dx):
+    """dW in the Winograd domain (WINOGRAD_DW) against im2col + GEMM, with and without
+    the Winograd input gradient; deterministic; dx and db agree too."""
+    monkeypatch.setattr(conv, "WINOGRAD_DX", wino_dx)
+    monkeypatch.setattr(conv, "WINOGRAD_DW_TILES", 16)  # several chunks per part
+    n, c, k, h, w = shape
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    wt = rng.standard_normal((k, c, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(k).astype(np.float32) if bias else None
+    y, cache = conv.conv2d_forward(x, wt, b, 1, 1, act=act)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    fused = None if act is None else (act, y)
+    got = conv.conv2d_backward(dy, cache, act=fused)
+    for g, a in zip(got, conv.conv2d_backward(dy, cache, act=fused)):
+        if g is not None:
+            np.testing.assert_array_equal(g, a)  # deterministic
+    monkeypatch.setattr(conv, "WINOGRAD_DW", False)
+    want = conv.conv2d_backward(dy, cache, act=fused)
+    for g, r in zip(got, want):
+        if r is None:
+            assert g is None
+            continue
+        assert g.dtype == np.float32
+        np.testing.assert_allclose(g, r, rtol=0, atol=1e-5 * np.abs(r).max())
+    dz = dy.astype(np.float64)
+    if act == "relu":
+        dz = dz * (y > 0)
+    elif act == "tanh":
+        dz = dz * (1 - y.astype(np.float64) ** 2)
+    _, rdw, _ = ref.conv2d_backward(dz, x.astype(np.float64), wt.astype(np.float64),
+                                    (1, 1), (1, 1))
+    np.testing.assert_allclose(got[1], rdw, rtol=0, atol=1e-5 * np.abs(rdw).max())
