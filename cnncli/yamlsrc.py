@@ -75,8 +75,9 @@ def _convert(node: yaml.Node, loader: yaml.SafeLoader, budget: list[int], file: 
         )
     line = node.start_mark.line + 1
     if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)) and node.tag not in _PLAIN_TAGS:
-        raise SpecError(f"unsupported YAML tag {node.tag} (plain mappings and lists only)",
-                        file=file, line=line)
+        raise SpecError(
+            f"unsupported YAML tag {node.tag} (plain mappings and lists only)", file=file, line=line
+        )
     if isinstance(node, yaml.MappingNode):
         out = YDict()
         out.line = line
@@ -115,8 +116,3 @@ def _convert(node: yaml.Node, loader: yaml.SafeLoader, budget: list[int], file: 
     except yaml.YAMLError as exc:
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise SpecError(f"bad YAML value: {problem}", file=file, line=line) from None
-
-
-def line_of(obj: Any) -> int | None:
-    """The YAML line of a converted mapping or list, if known."""
-    return getattr(obj, "line", None)

@@ -195,6 +195,13 @@ def warn_dropped(ctx: Context, layer: Layer, pending: list[tuple]) -> None:
         ctx.warn(layer, msg("row" if axis == "H" else "column", *rest))
 
 
+def size_lines(lines: list[str]) -> list[str]:
+    """One 'H2 = W2 = ...' line when the H and W formulas agree, else both."""
+    if len(lines) == 2 and lines[0][3:] == lines[1][3:]:
+        return ["H2 = W2" + lines[0][2:]]
+    return lines
+
+
 def fmt_pair(p: tuple[int, int]) -> str:
     """'3' for (3, 3), '3x5' otherwise."""
     return str(p[0]) if p[0] == p[1] else f"{p[0]}x{p[1]}"

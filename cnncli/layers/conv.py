@@ -19,6 +19,7 @@ from cnncli.layers.base import (
     nonneg_pair,
     pos_int,
     pos_pair,
+    size_lines,
     warn_dropped,
 )
 from cnncli.layers.init import init_weight, zeros
@@ -27,11 +28,6 @@ from cnncli.layers.registry import register
 
 def fmt_shape(shape: Shape) -> str:
     return "x".join(str(s) for s in shape)
-
-
-def _axes(pair: tuple[int, int]) -> list[tuple[str, int]]:
-    """('H', 'W') pairs, collapsed to one 'H=W' line when both axes agree."""
-    return [("H", 0), ("W", 1)]
 
 
 def spatial_input(layer: Layer, in_shape: Shape) -> tuple[int, int, int]:
@@ -43,11 +39,20 @@ def spatial_input(layer: Layer, in_shape: Shape) -> tuple[int, int, int]:
 
 
 class _ConvBase(Layer):
+    def check_groups(self, channels: int) -> None:
+        g, k = self.groups, self.filters
+        if channels % g or k % g:
+            raise self.error(
+                f"groups={g} must divide both input channels ({channels}) and filters ({k})"
+            )
+
     def describe_parts(self) -> list[str]:
         (kh, kw), cfg = self.kernel, self.cfg
         pad = cfg["padding"]
-        parts = [f"{kh}x{kw}/{fmt_pair(self.stride)}",
-                 f"pad {pad if isinstance(pad, str) else fmt_pair(pad)}"]
+        parts = [
+            f"{kh}x{kw}/{fmt_pair(self.stride)}",
+            f"pad {pad if isinstance(pad, str) else fmt_pair(pad)}",
+        ]
         if self.dilation != (1, 1):
             parts.append(f"dil {fmt_pair(self.dilation)}")
         if self.groups != 1:
@@ -110,8 +115,7 @@ class Conv(_ConvBase):
     def resolve(self, in_shape: Shape, ctx: Context) -> Node:
         h, w, c = spatial_input(self, in_shape)
         k, g = self.filters, self.groups
-        if c % g or k % g:
-            raise self.error(f"groups={g} must divide both input channels ({c}) and filters ({k})")
+        self.check_groups(c)
         out, lines, pending = [], [], []
         for axis, size in (("H", h), ("W", w)):
             i = 0 if axis == "H" else 1
@@ -130,8 +134,7 @@ class Conv(_ConvBase):
             out.append(o)
             lines.append(f"{axis}2 = floor(({size} + 2*{p} - {fs})/{s}) + 1 = {o}")
         warn_dropped(ctx, self, pending)
-        if lines[0][3:] == lines[1][3:]:
-            lines = ["H2 = W2" + lines[0][2:]]
+        lines = size_lines(lines)
         cg = c // g
         kh, kw = self.kernel
         params = {"weight": (k, cg, kh, kw)}
@@ -178,8 +181,14 @@ class Conv(_ConvBase):
         act = active(self.cfg.get("activation"), node, ctx)
         fused = act[0] if act is not None and act[0] in conv.FUSED_ACTIVATIONS else None
         z, cache = conv.conv2d_forward(
-            x, state["weight"], state.get("bias"), self.stride, self.pad, self.dilation,
-            self.groups, act=fused,
+            x,
+            state["weight"],
+            state.get("bias"),
+            self.stride,
+            self.pad,
+            self.dilation,
+            self.groups,
+            act=fused,
         )
         if fused is not None:  # applied in the conv's output pass
             y, act_cache = z, ("fused", fused)
@@ -195,8 +204,9 @@ class Conv(_ConvBase):
         conv_cache, act_cache, ctx, y = cache
         need_dx = getattr(ctx, "skip_input_grad", None) != node.path
         if act_cache[0] == "fused":
-            dx, dw, db = conv.conv2d_backward(dy, conv_cache, need_dx=need_dx,
-                                              act=(act_cache[1], y))
+            dx, dw, db = conv.conv2d_backward(
+                dy, conv_cache, need_dx=need_dx, act=(act_cache[1], y)
+            )
         else:
             dz = self.backward_pre(dy, act_cache)
             dx, dw, db = conv.conv2d_backward(dz, conv_cache, need_dx=need_dx)
@@ -225,8 +235,7 @@ class Deconv(_ConvBase):
     def resolve(self, in_shape: Shape, ctx: Context) -> Node:
         h, w, c = spatial_input(self, in_shape)
         k, g = self.filters, self.groups
-        if c % g or k % g:
-            raise self.error(f"groups={g} must divide both input channels ({c}) and filters ({k})")
+        self.check_groups(c)
         out, lines = [], []
         for i, (axis, size) in enumerate((("H", h), ("W", w))):
             f, s, p = self.kernel[i], self.stride[i], self.padding[i]
@@ -243,8 +252,7 @@ class Deconv(_ConvBase):
                 )
             out.append(o)
             lines.append(f"{axis}2 = ({size}-1)*{s} - 2*{p} + {d}*({f}-1) + {op} + 1 = {o}")
-        if lines[0][3:] == lines[1][3:]:
-            lines = ["H2 = W2" + lines[0][2:]]
+        lines = size_lines(lines)
         kh, kw = self.kernel
         kg = k // g
         params = {"weight": (c, kg, kh, kw)}

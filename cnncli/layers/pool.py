@@ -17,6 +17,7 @@ from cnncli.layers.base import (
     fmt_pair,
     nonneg_pair,
     pos_pair,
+    size_lines,
     warn_dropped,
 )
 from cnncli.layers.conv import spatial_input
@@ -65,8 +66,7 @@ class Pool(Layer):
                 pending.append((axis, size, p, f, s, dropped))
             out.append(o)
         warn_dropped(ctx, self, pending)
-        if lines[0][3:] == lines[1][3:]:
-            lines = ["H2 = W2" + lines[0][2:]]
+        lines = size_lines(lines)
         lines.append(
             f"y = {_FORMULA[self.mode]} over each {self.size[0]}x{self.size[1]} window; "
             "no parameters"
@@ -115,8 +115,15 @@ class Pool(Layer):
 
         if self.over == "depth":
             return pool.depth_pool_forward(x, self.mode, self.size[0], self.stride[0])
-        return pool.pool2d_forward(x, self.mode, self.size, self.stride, self.padding, self.ceil,
-                                   need_argmax=bool(getattr(ctx, "training", True)))
+        return pool.pool2d_forward(
+            x,
+            self.mode,
+            self.size,
+            self.stride,
+            self.padding,
+            self.ceil,
+            need_argmax=bool(getattr(ctx, "training", True)),
+        )
 
     def backward(self, node: Node, dy: Any, cache: Any, state: dict, grads: dict) -> Any:
         from cnncli.ops import pool
