@@ -924,6 +924,72 @@ def winograd_output(M, KT, K, nb, ti0, nti, tw, b, relu, n0, y):
 
 
 @njit(**_OPTS)
+def winograd_output_pool(M, KT, K, nb, ti0, nti, tw, b, idx, n0, y):
+    """y[n0 + n, k, ti, tj] <- max over the 2x2 output tile (ti, tj) of ReLU(A^T M A + b[k]):
+    a 3x3 conv, its ReLU and a 2x2 stride-2 max pooling in one pass, for an even-sized
+    output (each Winograd tile is exactly one pooling window). The window's winner (0..3,
+    row-major; the first of equal values, as max pooling picks it) goes to ``idx`` (same
+    shape as y, uint8) unless idx is empty (inference)."""
+    _, _, th_all, tw_all = y.shape
+    T = nb * nti * tw
+    yf = y.reshape(-1)
+    want = idx.size > 0
+    xf = idx.reshape(-1)
+    has_b = b.shape[0] == K
+    zero = np.zeros(1, dtype=M.dtype)[0]
+    for n in range(nb):
+        for k in range(K):
+            bk = b[k] if has_b else zero
+            yb = ((n0 + n) * K + k) * th_all * tw_all
+            for ti in range(ti0, ti0 + nti):
+                mb = k * T + (n * nti + ti - ti0) * tw
+                q0 = yb + ti * tw_all
+                for tj in range(tw):
+                    v00, v01, v10, v11 = _wino_tile(M, mb + tj, KT, bk)
+                    v00 = zero if v00 < zero else v00
+                    v01 = zero if v01 < zero else v01
+                    v10 = zero if v10 < zero else v10
+                    v11 = zero if v11 < zero else v11
+                    best, arg = v00, 0
+                    if v01 > best:
+                        best, arg = v01, 1
+                    if v10 > best:
+                        best, arg = v10, 2
+                    if v11 > best:
+                        best, arg = v11, 3
+                    yf[_u(q0 + tj)] = best
+                    if want:
+                        xf[_u(q0 + tj)] = arg
+
+
+@njit(**_OPTS)
+def relu_maxpool2_backward(dy, yp, idx, n0, m, dz):
+    """dz[i] <- the gradient of y = maxpool2x2(ReLU(z)) with respect to z, for images
+    n0..n0+m-1 of dy/yp/idx ([N, K, H/2, W/2]) into dz [m, K, H, W]: dy goes to the
+    window's winner where the pooled value is positive, zero everywhere else (every
+    element of dz is written)."""
+    _, K, Hp, Wp = dy.shape
+    W = 2 * Wp
+    df, yf, xf, zf = dy.reshape(-1), yp.reshape(-1), idx.reshape(-1), dz.reshape(-1)
+    zero = np.zeros(1, dtype=dz.dtype)[0]
+    for n in range(m):
+        for k in range(K):
+            s0 = ((n0 + n) * K + k) * Hp * Wp
+            d0 = (n * K + k) * Hp * Wp * 4
+            for i in range(Hp):
+                r0 = d0 + 2 * i * W
+                for j in range(Wp):
+                    s = s0 + i * Wp + j
+                    g = df[_u(s)] if yf[_u(s)] > zero else zero
+                    a = xf[_u(s)]
+                    q = r0 + 2 * j
+                    zf[_u(q)] = g if a == 0 else zero
+                    zf[_u(q + 1)] = g if a == 1 else zero
+                    zf[_u(q + W)] = g if a == 2 else zero
+                    zf[_u(q + W + 1)] = g if a == 3 else zero
+
+
+@njit(**_OPTS)
 def winograd_dy(dz, n0, nb, ti0, nti, K, Ho, Wo, th, tw, DM, KT, db):
     """DM <- A g A^T (4x4) for every 2x2 tile g (tile rows ti0..ti0+nti-1) of images
     n0..n0+nb-1 of ``dz`` (NCHW [N, K, Ho, Wo], zero beyond Ho, Wo): the adjoint of

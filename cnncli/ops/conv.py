@@ -645,8 +645,8 @@ def _backward_core(x, dy, w, g: ConvGeometry, need_dx: bool, need_dw: bool, prep
                 dz = _threads.workspace("wino.dz", p, dz.size, dy.dtype).reshape(dz.shape)
                 back = kern.relu_backward if act_code == 1 else kern.tanh_backward
                 back(dy[lo:hi].reshape(-1), y_act[lo:hi].reshape(-1), dz.reshape(-1))
-            # the im2col dx loop below (without WINOGRAD_DX) sums db itself
-            own_db = act_y is not None and with_db and wino_dx
+            # the im2col dx loop below (dx needed, without WINOGRAD_DX) sums db itself
+            own_db = act_y is not None and with_db and (wino_dx or not need_dx)
             dwp = winograd_weight_grad(x[lo:hi], dz, p, db_acc if own_db else None)
             dwp = dwp.reshape(k, -1)
             if need_dx and wino_dx:

@@ -156,11 +156,14 @@ def test_winograd_weight_grad_float64_matches_reference(monkeypatch, shape, tile
 @pytest.mark.parametrize("shape", SHAPES[:3] + [(9, 32, 32, 16, 16)])
 @pytest.mark.parametrize("act", [None, "relu", "tanh"])
 @pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("wino_dx", [True, False])
+@pytest.mark.parametrize("wino_dx", [True, False, "not needed"])
 def test_conv2d_float32_winograd_weight_grad_matches_im2col(workers, monkeypatch, shape,
                                                             act, bias, wino_dx):
     """dW in the Winograd domain (WINOGRAD_DW) against im2col + GEMM, with and without
-    the Winograd input gradient; deterministic; dx and db agree too."""
+    the Winograd input gradient, and without any input gradient (a network's first layer:
+    db was once left at zero there); deterministic; dx and db agree too."""
+    need_dx = wino_dx != "not needed"
+    wino_dx = bool(wino_dx)
     monkeypatch.setattr(conv, "WINOGRAD_DX", wino_dx)
     monkeypatch.setattr(conv, "WINOGRAD_DW_TILES", 16)  # several chunks per part
     n, c, k, h, w = shape
@@ -171,12 +174,12 @@ def test_conv2d_float32_winograd_weight_grad_matches_im2col(workers, monkeypatch
     y, cache = conv.conv2d_forward(x, wt, b, 1, 1, act=act)
     dy = rng.standard_normal(y.shape).astype(np.float32)
     fused = None if act is None else (act, y)
-    got = conv.conv2d_backward(dy, cache, act=fused)
-    for g, a in zip(got, conv.conv2d_backward(dy, cache, act=fused)):
+    got = conv.conv2d_backward(dy, cache, act=fused, need_dx=need_dx)
+    for g, a in zip(got, conv.conv2d_backward(dy, cache, act=fused, need_dx=need_dx)):
         if g is not None:
             np.testing.assert_array_equal(g, a)  # deterministic
     monkeypatch.setattr(conv, "WINOGRAD_DW", False)
-    want = conv.conv2d_backward(dy, cache, act=fused)
+    want = conv.conv2d_backward(dy, cache, act=fused, need_dx=need_dx)
     for g, r in zip(got, want):
         if r is None:
             assert g is None
