@@ -91,6 +91,10 @@ def time_cmd(
     for col in ("layer", "type", "forward ms", "backward ms"):
         t.add_column(col, justify="left" if col in ("layer", "type") else "right")
     for r in rep["layers"]:
+        if r["fused_into"]:
+            inside = f"in {r['fused_into'].rsplit('.', 1)[-1]}"
+            t.add_row("  " * r["depth"] + r["name"], r["type"], inside, inside)
+            continue
         t.add_row("  " * r["depth"] + r["name"], r["type"], f"{r['forward_ms']:.3f}",
                   f"{r['backward_ms']:.3f}")
     stdout.print(t)

@@ -40,20 +40,35 @@ class _Run:
     def run(self, nodes: list[Node], x: np.ndarray) -> tuple[np.ndarray, list]:
         caches = []
         trace, timer = self.model.trace, self.model.timer
+        pairs = self.model.fused_pools()
+        inside = None  # the pool node that the previous conv ran in its own pass
         for node in nodes:
+            if node is inside:
+                caches.append(_FUSED)
+                if trace is not None:
+                    trace[node.path] = tuple(x.shape)
+                continue
             t0 = perf_counter() if timer is not None else 0.0
-            x, cache = node.layer.forward(node, x, self.model.state[node.path], self)
+            inside = pairs.get(node.path)
+            state = self.model.state[node.path]
+            if inside is None:
+                x, cache = node.layer.forward(node, x, state, self)
+            else:
+                x, cache = node.layer.forward_pooled(node, x, state, self)
             caches.append(cache)
             if timer is not None:
                 timer.setdefault(node.path, [0.0, 0.0])[0] += perf_counter() - t0
             if trace is not None:
-                trace[node.path] = tuple(x.shape)
+                h, w, c = node.out_shape if inside is not None else (0, 0, 0)
+                trace[node.path] = tuple(x.shape) if inside is None else (x.shape[0], c, h, w)
         return x, caches
 
     def unrun(self, nodes: list[Node], dy: np.ndarray, caches: list) -> np.ndarray:
         grads, timer = self.grads if self.grads is not None else self.model.grads, \
             self.model.timer
         for node, cache in zip(reversed(nodes), reversed(caches)):
+            if cache is _FUSED:  # the conv before it takes the pooled gradient
+                continue
             state = self.model.state[node.path]
             t0 = perf_counter() if timer is not None else 0.0
             if node.layer.is_block:
@@ -94,6 +109,7 @@ class Model:
         self.timer: dict[str, list[float]] | None = None
         self._run: _Run | None = None
         self._splittable_train: bool | None = None
+        self._fusion: tuple[tuple, dict[str, Node]] | None = None
         self._splittable_eval: bool | None = None
         self.training_rng = np.random.default_rng(rng.integers(2**63))
         last = network.nodes[-1] if network.nodes else None
@@ -176,6 +192,21 @@ class Model:
         self._cache = [(lo, hi, runs[p], caches) for p, (lo, hi, _, caches) in enumerate(results)]
         self._run = _SPLIT
         return y
+
+    def fused_pools(self) -> dict[str, Node]:
+        """conv path -> the max-pool node after it, for the pairs that run as one op
+        (``Conv.fuses_pool``: conv + ReLU + 2x2 max pooling on the Winograd path).
+        Recomputed when the ops' switches change (tests turn the fast paths off)."""
+        from cnncli.ops import conv
+
+        key = (conv.FUSE_RELU_MAXPOOL, conv.WINOGRAD, conv.WINOGRAD_DX, conv.WINOGRAD_DW,
+               conv.WINOGRAD_MIN_CHANNELS, conv.BATCHED_MAX_COLS)
+        if self._fusion is None or self._fusion[0] != key:
+            pairs: dict[str, Node] = {}
+            if conv.FUSE_RELU_MAXPOOL:
+                _find_pool_pairs(self.network.nodes, self.dtype, pairs)
+            self._fusion = (key, pairs)
+        return self._fusion[1]
 
     def _parts(self, n: int, training: bool) -> int | None:
         """How many parts to split a batch of ``n`` into at the model level (None: run the
@@ -280,6 +311,21 @@ _PART_MIN = 8
 _SPLIT = object()
 #: Layers that mix images of a batch (or draw random numbers in order) in training mode.
 _BATCH_COUPLED_TRAIN = frozenset({"batchnorm", "dropout"})
+
+
+#: Cache entry of a pool node that ran inside the conv before it (Conv.forward_pooled).
+_FUSED = object()
+
+
+def _find_pool_pairs(nodes: list[Node], dtype: Any, pairs: dict[str, Node]) -> None:
+    """Add every conv -> next-node pair that ``Conv.fuses_pool`` accepts, in every block."""
+    for node, after in zip(nodes, nodes[1:]):
+        fuses = getattr(node.layer, "fuses_pool", None)
+        if fuses is not None and fuses(node, after, dtype):
+            pairs[node.path] = after
+    for node in nodes:
+        for children in (node.children or {}).values():
+            _find_pool_pairs(children, dtype, pairs)
 
 
 def _splittable(nodes: list[Node], training: bool) -> bool:

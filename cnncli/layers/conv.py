@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from cnncli import arith
 from cnncli.layers.activation import act_backward, act_forward, activation_param, active, describe
@@ -24,6 +24,13 @@ from cnncli.layers.base import (
 )
 from cnncli.layers.init import init_weight, zeros
 from cnncli.layers.registry import register
+
+
+class _PooledCache(NamedTuple):
+    """Cache of Conv.forward_pooled: the fused op's cache and the run context."""
+
+    op: Any
+    ctx: Any
 
 
 def fmt_shape(shape: Shape) -> str:
@@ -198,9 +205,40 @@ class Conv(_ConvBase):
         # gradient is wanted (not for the network's first layer during training).
         return y, (cache, act_cache, ctx, y)
 
+    def fuses_pool(self, node: Node, pool: Node, dtype: Any) -> bool:
+        """Whether this conv, its ReLU and the ``pool`` node right after it can run as one
+        op (ops.conv.conv2d_relu_maxpool2_*, the engine pairs them): a 2x2 stride-2 max
+        pooling after a conv that takes the float32 Winograd path with an even output."""
+        from cnncli.ops import conv
+
+        act, pl = self.cfg.get("activation"), pool.layer
+        if act is None or act[0] != "relu" or act[1] or pool.type != "pool":
+            return False
+        if (pl.mode, pl.over, pl.size, pl.stride, pl.padding) != (
+                "max", "space", (2, 2), (2, 2), (0, 0)):
+            return False
+        h, w, c = node.in_shape
+        return conv.fuses_relu_maxpool2((c, h, w), node.params["weight"], self.stride,
+                                        self.pad, self.dilation, self.groups, dtype)
+
+    def forward_pooled(self, node: Node, x: Any, state: dict, ctx: Any) -> tuple[Any, Any]:
+        """Forward through this conv, its ReLU and the max pooling after it (fuses_pool)."""
+        from cnncli.ops import conv
+
+        y, cache = conv.conv2d_relu_maxpool2_forward(
+            x, state["weight"], state.get("bias"), argmax=bool(getattr(ctx, "training", True)))
+        return y, _PooledCache(cache, ctx)
+
     def backward(self, node: Node, dy: Any, cache: Any, state: dict, grads: dict) -> Any:
         from cnncli.ops import conv
 
+        if isinstance(cache, _PooledCache):  # dy is the pooled gradient (forward_pooled)
+            need_dx = getattr(cache.ctx, "skip_input_grad", None) != node.path
+            dx, dw, db = conv.conv2d_relu_maxpool2_backward(dy, cache.op, need_dx=need_dx)
+            grads["weight"] = dw
+            if db is not None:
+                grads["bias"] = db
+            return dx
         conv_cache, act_cache, ctx, y = cache
         need_dx = getattr(ctx, "skip_input_grad", None) != node.path
         if act_cache[0] == "fused":

@@ -69,6 +69,11 @@ WINOGRAD_CHUNK_BYTES = 1 << 19
 #: GEMMs (kern.nchw_to_rows_act) where the layer takes that path; False: a separate
 #: derivative pass first (the reference twin; tests switch this).
 FUSE_ACT_GRAD = True
+#: Let the engine run a conv with ReLU and the 2x2 max pooling after it as one op
+#: (fuses_relu_maxpool2); False: separate layers (the twin the tests compare with).
+FUSE_RELU_MAXPOOL = True
+#: The act_y name of that fused pair in _backward_core.
+RELU_MAXPOOL2 = "relu+maxpool2"
 
 
 class ConvGeometry(NamedTuple):
@@ -347,17 +352,23 @@ def winograd_weights(w: np.ndarray) -> np.ndarray:
 
 def winograd_conv(src: np.ndarray, u: np.ndarray, bias: np.ndarray, relu: bool,
                   y: np.ndarray, n0: int, m: int, strides: tuple[int, int, int],
-                  part: int) -> None:
+                  part: int, pool_idx: np.ndarray | None = None) -> None:
     """y[n0:n0+m] <- conv2d(images 0..m-1 of src, stride 1, padding 1) (+ bias, ReLU)
     by Winograd F(2x2, 3x3), given ``u = winograd_weights(w)``. ``src`` is flat, element
     (n, c, i, j) at n*ns + c*cs + i*rs + j for ``strides = (ns, cs, rs)`` (NCHW, or the
     backward pass's row layout); y is NCHW [N, K, H, W]. Runs serially, in chunks, with
-    the workspaces of ``part``."""
+    the workspaces of ``part``.
+
+    With ``pool_idx`` (uint8 like y, or empty at inference) the output pass also applies
+    ReLU and a 2x2 stride-2 max pooling (kern.winograd_output_pool): y is then
+    [N, K, H/2, W/2] for an even H and W, and the windows' winners go to pool_idx."""
     from cnncli.ops import _kernels as kern
     from cnncli.ops import _threads
 
     k, c = u.shape[1], u.shape[2]
     h, wd = y.shape[2], y.shape[3]
+    if pool_idx is not None:
+        h, wd = 2 * h, 2 * wd
     th, tw = (h + 1) // 2, (wd + 1) // 2
     tiles = th * tw
     per_image = 16 * c * tiles * y.itemsize
@@ -381,7 +392,11 @@ def winograd_conv(src: np.ndarray, u: np.ndarray, bias: np.ndarray, relu: bool,
             mm = m_buf[: 16 * kt]
             np.matmul(u, v.reshape(16, ct)[:, : c * t].reshape(16, c, t),
                       out=mm.reshape(16, kt)[:, : k * t].reshape(16, k, t))
-            kern.winograd_output(mm, kt, k, mb, ti0, nt, tw, bias, relu, n0 + a, y)
+            if pool_idx is None:
+                kern.winograd_output(mm, kt, k, mb, ti0, nt, tw, bias, relu, n0 + a, y)
+            else:
+                kern.winograd_output_pool(mm, kt, k, mb, ti0, nt, tw, bias, pool_idx,
+                                          n0 + a, y)
 
 
 def winograd_weight_grad(x: np.ndarray, dz: np.ndarray, part: int,
@@ -558,8 +573,9 @@ def _fuses_act_grad(g: ConvGeometry, c: int, k: int) -> bool:
                 or _is_direct(g, k, c * kh * kw))
 
 
-#: Codes of the activations that kern.nchw_to_rows_act differentiates.
-_ACT_CODES = {"relu": 1, "tanh": 2}
+#: Codes of the activations that kern.nchw_to_rows_act differentiates (the third, ReLU +
+#: 2x2 max pooling, only on the Winograd path: conv2d_relu_maxpool2_backward).
+_ACT_CODES = {"relu": 1, "tanh": 2, RELU_MAXPOOL2: 3}
 
 
 def _backward_core(x, dy, w, g: ConvGeometry, need_dx: bool, need_dw: bool, prep=None,
@@ -624,9 +640,13 @@ def _backward_core(x, dy, w, g: ConvGeometry, need_dx: bool, need_dw: bool, prep
         u_dx = winograd_weights(np.ascontiguousarray(w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1]))
         no_bias = np.empty(0, dtype=dy.dtype)
 
+    act_code = 0
     if act_y is not None:
         act_code, y_act = _ACT_CODES[act_y[0]], act_y[1]
         with_db = act_y[2]
+        if act_code == 3 and not wino_dw:
+            raise ShapeMismatchError("conv2d_relu_maxpool2_backward: the layer no longer "
+                                     "takes the Winograd path (WINOGRAD_DW switched off?)")
 
     def part(lo: int, hi: int, p: int):
         extra = prep(lo, hi) if prep else None
@@ -641,7 +661,11 @@ def _backward_core(x, dy, w, g: ConvGeometry, need_dx: bool, need_dw: bool, prep
             dwp = dwpk.transpose(0, 2, 1).reshape(-1, c * kh * kw)[:k]
         if wino_dw:
             dz = dy[lo:hi]
-            if act_y is not None:
+            if act_code == 3:  # dy is the pooled gradient; y_act = (pooled y, winners)
+                dz = _threads.workspace("wino.dz", p, (hi - lo) * k * ho * wo,
+                                        dy.dtype).reshape(hi - lo, k, ho, wo)
+                kern.relu_maxpool2_backward(dy, y_act[0], y_act[1], lo, hi - lo, dz)
+            elif act_y is not None:
                 dz = _threads.workspace("wino.dz", p, dz.size, dy.dtype).reshape(dz.shape)
                 back = kern.relu_backward if act_code == 1 else kern.tanh_backward
                 back(dy[lo:hi].reshape(-1), y_act[lo:hi].reshape(-1), dz.reshape(-1))
@@ -848,6 +872,92 @@ def conv2d_backward(
         db = parts[0].copy()
         for p in parts[1:]:
             db += p
+    return dx, dw, db
+
+
+# ---------------------------------------------------------------------------------------
+# conv2d + ReLU + 2x2 max pooling in one pass (the engine pairs such layers)
+# ---------------------------------------------------------------------------------------
+
+
+class ConvPoolCache(NamedTuple):
+    """What conv2d_relu_maxpool2_backward needs: the conv's cache, the pooled output and
+    each window's winner (0..3, row-major)."""
+
+    conv: ConvCache
+    y: np.ndarray
+    idx: np.ndarray
+
+
+def fuses_relu_maxpool2(in_chw: tuple[int, int, int], w_shape: tuple, stride, padding,
+                        dilation, groups: int, dtype) -> bool:
+    """Whether a conv with ReLU followed by a 2x2 stride-2 max pooling (no padding) can run
+    as conv2d_relu_maxpool2_forward: the float32 layers that take the Winograd path
+    (_is_winograd, not the per-image batched GEMMs of small maps; Winograd input and
+    weight gradients on) with an even output size, so that every 2x2 Winograd tile is one
+    pooling window."""
+    c, h, wd = in_chw
+    k = int(w_shape[0])
+    g = _geometry((h, wd), tuple(w_shape), stride, padding, dilation, groups)
+    return (FUSE_RELU_MAXPOOL and WINOGRAD_DX and WINOGRAD_DW
+            and not (_is_dense(g) or _is_pointwise(g) or _is_batched(g, c, k))
+            and _is_winograd(g, c, k, np.dtype(dtype))
+            and g.out_hw[0] % 2 == 0 and g.out_hw[1] % 2 == 0)
+
+
+def conv2d_relu_maxpool2_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, *,
+                                 argmax: bool = True) -> tuple[np.ndarray, ConvPoolCache]:
+    """y [N, K, H/2, W/2] = maxpool2x2(ReLU(conv2d(x, w, stride 1, padding 1) + b)) where
+    fuses_relu_maxpool2 holds: bit-identical to the three ops run one after the other,
+    without writing or re-reading the full-size activation. ``argmax=False`` (inference)
+    skips recording the winners; the backward pass then cannot run."""
+    x, w = _check_arrays(x, w, b, "conv2d_relu_maxpool2")
+    n, c, h, wd = x.shape
+    k = w.shape[0]
+    if not fuses_relu_maxpool2((c, h, wd), w.shape, 1, 1, 1, 1, x.dtype):
+        raise ShapeMismatchError(
+            f"conv2d_relu_maxpool2: x {x.shape}, w {w.shape} ({x.dtype}) is not a float32 "
+            "3x3 stride-1 pad-1 conv with >= 16 channels each way and an even size")
+    if b is not None and b.shape != (k,):
+        raise ShapeMismatchError(f"conv2d_relu_maxpool2: b must have shape ({k},); "
+                                 f"got {b.shape}")
+    from cnncli.ops import _threads
+
+    g = _geometry((h, wd), w.shape, 1, 1, 1, 1)
+    y = np.empty((n, k, h // 2, wd // 2), dtype=x.dtype)
+    idx = np.empty(y.shape if argmax else (0,), dtype=np.uint8)
+    u = winograd_weights(w)
+    bias = b if b is not None else np.empty(0, dtype=x.dtype)
+    xf = x.reshape(-1)
+    per = c * h * wd
+
+    def wino(lo: int, hi: int, part: int) -> None:
+        winograd_conv(xf[lo * per:], u, bias, True, y, lo, hi - lo, (per, h * wd, wd), part,
+                      pool_idx=idx)
+
+    _threads.over_batch(wino, n, work=n * k * h * wd * c * 9)
+    return y, ConvPoolCache(ConvCache(x, w, b is not None, g), y, idx)
+
+
+def conv2d_relu_maxpool2_backward(dy: np.ndarray, cache: ConvPoolCache, *,
+                                  need_dx: bool = True
+                                  ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
+    """(dx, dw, db) for L = sum(y * dy), y from conv2d_relu_maxpool2_forward: the pooled
+    gradient is spread to the winners where y > 0 (kern.relu_maxpool2_backward), part by
+    part, straight into the Winograd weight and input gradients."""
+    x, w, has_bias, g = cache.conv
+    dy = _check_dy(dy, cache.y.shape, x.dtype, "conv2d_relu_maxpool2_backward")
+    if cache.idx.shape != cache.y.shape:
+        raise ShapeMismatchError("conv2d_relu_maxpool2_backward: the forward pass ran with "
+                                 "argmax=False (inference)")
+    dx, dw, parts = _backward_core(x, dy, w, g, need_dx, True,
+                                   act_y=(RELU_MAXPOOL2, (cache.y, cache.idx), has_bias))
+    db = None
+    if has_bias:
+        acc = parts[0].copy()
+        for p in parts[1:]:
+            acc += p
+        db = acc.astype(x.dtype)
     return dx, dw, db
 
 

@@ -66,6 +66,21 @@ def test_time_reports_each_layer(spec_file):
     assert data["images_per_second"] > 0
 
 
+def test_time_names_the_conv_a_fused_pool_runs_in(tmp_path):
+    p = tmp_path / "fused.yaml"
+    p.write_text("input: [16, 16, 16]\nlayers:\n"
+                 "  - conv: {filters: 16, kernel: 3, padding: same, activation: relu}\n"
+                 "  - pool: {type: max, size: 2}\n  - flatten\n  - dense: {units: 2}\n")
+    result = CliRunner().invoke(app, ["time", str(p), "--batch", "2", "--iterations", "1",
+                                      "--format", "json"])
+    assert result.exit_code == 0, result.output
+    rows = {r["name"]: r for r in json.loads(result.stdout)["layers"]}
+    assert rows["pool1"]["fused_into"] == "conv1" and rows["pool1"]["forward_ms"] == 0
+    assert rows["conv1"]["fused_into"] is None and rows["conv1"]["forward_ms"] > 0
+    table = CliRunner().invoke(app, ["time", str(p), "--batch", "2", "--iterations", "1"])
+    assert "in conv1" in table.stdout
+
+
 def test_gradcheck_bad_spec_is_exit_2(tmp_path):
     p = tmp_path / "bad.yaml"
     p.write_text("name: x\ninput: [4, 4, 1]\nlayers:\n  - covn: {filters: 2}\n")
