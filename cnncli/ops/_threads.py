@@ -12,7 +12,7 @@ leaving a core idle (and fighting OpenBLAS's spinning worker threads).
   computed per part and summed in part order.
 * The worker count is ``CNNCLI_NUM_THREADS``, else ``OPENBLAS_NUM_THREADS`` /
   ``OMP_NUM_THREADS``, else the CPUs this process may use. With one worker everything runs
-  in the calling thread, unchanged.
+  in the calling thread, OpenBLAS included.
 * When OpenBLAS's thread control cannot be found (another BLAS), the regions still run in
   parallel with the BLAS's own setting; that is correct, only possibly slower.
 """
@@ -123,17 +123,13 @@ def single_threaded_blas():
 
 
 def engine_region():
-    """Context for a whole forward or backward pass: with several workers, OpenBLAS stays
-    on one thread throughout, so that no OpenBLAS worker thread is left spinning (after a
-    GEMM outside a parallel region) on the core that one of our workers needs."""
-    if workers() > 1:
-        return single_threaded_blas()
-    return _null()
-
-
-@contextmanager
-def _null():
-    yield
+    """Context for a whole forward or backward pass: OpenBLAS stays on one thread
+    throughout. With several workers, so that no OpenBLAS worker thread is left spinning
+    (after a GEMM outside a parallel region) on the core that one of our workers needs;
+    with one (``CNNCLI_NUM_THREADS=1``), because one thread is what was asked for: OpenBLAS
+    would otherwise still start its own threads, and on a busy machine their spinning
+    made a CIFAR CNN step several times slower than on one thread."""
+    return single_threaded_blas()
 
 
 def _get_pool(n: int) -> ThreadPoolExecutor:

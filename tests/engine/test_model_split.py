@@ -90,3 +90,34 @@ def test_nested_over_batch_keeps_the_outer_part_index(two_workers):
         lambda lo, hi, p: _threads.over_batch(lambda a, b, q: q, hi - lo, work=1e12)[0],
         10, work=1e12)
     assert seen == [0, 1]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_openblas_runs_on_one_thread_inside_a_pass(monkeypatch, workers):
+    """Whatever the worker count, OpenBLAS is held at one thread during a pass (with one
+    worker its own threads are not wanted either: CNNCLI_NUM_THREADS=1 means one thread),
+    and its setting is restored afterwards."""
+    from cnncli.layers.core import Dense
+
+    ctl = _threads._blas_control()
+    assert ctl, "NumPy's bundled OpenBLAS was not found"
+    get, put = ctl
+    seen = []
+    real = Dense.forward
+
+    def spy(self, node, x, state, ctx):
+        seen.append(get())
+        return real(self, node, x, state, ctx)
+
+    monkeypatch.setattr(Dense, "forward", spy)
+    _threads.set_workers(workers)
+    old = get()
+    put(2)
+    try:
+        model = build_model(SPEC, dtype=np.float32)
+        model.forward(np.zeros((4, 3, 12, 12), dtype=np.float32))
+        assert seen == [1]
+        assert get() == 2
+    finally:
+        put(old)
+        _threads.set_workers(None)
