@@ -966,12 +966,15 @@ def winograd_output_pool(M, KT, K, nb, ti0, nti, tw, b, idx, n0, y):
 def relu_maxpool2_backward(dy, yp, idx, n0, m, dz):
     """dz[i] <- the gradient of y = maxpool2x2(ReLU(z)) with respect to z, for images
     n0..n0+m-1 of dy/yp/idx ([N, K, H/2, W/2]) into dz [m, K, H, W]: dy goes to the
-    window's winner where the pooled value is positive, zero everywhere else (every
-    element of dz is written)."""
+    window's winner where the pooled value is positive, zero everywhere else. Zeroes dz,
+    then one store per window at a computed offset (the gate as a select, not a branch):
+    writing all four values per window made LLVM emit scatters, 6x slower."""
     _, K, Hp, Wp = dy.shape
     W = 2 * Wp
     df, yf, xf, zf = dy.reshape(-1), yp.reshape(-1), idx.reshape(-1), dz.reshape(-1)
     zero = np.zeros(1, dtype=dz.dtype)[0]
+    for q in range(m * K * Hp * Wp * 4):
+        zf[_u(q)] = zero
     for n in range(m):
         for k in range(K):
             s0 = ((n0 + n) * K + k) * Hp * Wp
@@ -980,13 +983,9 @@ def relu_maxpool2_backward(dy, yp, idx, n0, m, dz):
                 r0 = d0 + 2 * i * W
                 for j in range(Wp):
                     s = s0 + i * Wp + j
-                    g = df[_u(s)] if yf[_u(s)] > zero else zero
                     a = xf[_u(s)]
-                    q = r0 + 2 * j
-                    zf[_u(q)] = g if a == 0 else zero
-                    zf[_u(q + 1)] = g if a == 1 else zero
-                    zf[_u(q + W)] = g if a == 2 else zero
-                    zf[_u(q + W + 1)] = g if a == 3 else zero
+                    g = df[_u(s)]
+                    zf[_u(r0 + 2 * j + (a >> 1) * W + (a & 1))] = g if yf[_u(s)] > zero else zero
 
 
 @njit(**_OPTS)
