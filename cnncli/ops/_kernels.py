@@ -793,10 +793,13 @@ def winograd_input(src, n0, nb, ti0, nti, C, H, W, ns, cs, rs, th, tw, plane, V,
                 # at E + p // 2, so that the tile loop below reads with unit stride
                 row = (i + 1) * Wp
                 sr = s0 + i * rs
-                for t in range((W + 1) // 2):  # j = 2t: odd p = 2t + 1
+                # j = 2t -> odd p = 2t + 1, j = 2t + 1 -> even p = 2t + 2: both loads in
+                # one loop, which LLVM turns into shuffles (two loops gave gathers)
+                for t in range(W // 2):
                     plane[_u(row + E + t)] = src[_u(sr + 2 * t)]
-                for t in range(1, W // 2 + 1):  # j = 2t - 1: even p = 2t
-                    plane[_u(row + t)] = src[_u(sr + 2 * t - 1)]
+                    plane[_u(row + t + 1)] = src[_u(sr + 2 * t + 1)]
+                if W & 1:
+                    plane[_u(row + E + W // 2)] = src[_u(sr + W - 1)]
             for ti in range(ti0, ti0 + nti):
                 p0 = 2 * ti * Wp
                 vb = c * T + (n * nti + ti - ti0) * tw
