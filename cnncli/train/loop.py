@@ -234,6 +234,299 @@ def _open_resume(resume: str | Path, epochs: int | None) -> tuple[Any, TrainConf
     return spec, config, ckpt_path, (arrays, meta)
 
 
+class _Trainer:
+    """One call of ``train``: the state that setup, the epochs and the final result share.
+
+    The steps run in a fixed order (the random streams are created and restored before any
+    batch is drawn), so a resumed run draws exactly what an uninterrupted one would.
+    """
+
+    def __init__(self, spec_source: Any, *, data: str | Path, out: str | Path,
+                 config: TrainConfig, resume: str | Path | None, epochs: int | None,
+                 overwrite: bool, on_event: Event | None) -> None:
+        self.emit: Event = on_event or (lambda kind, data: None)
+        self.data = data
+        self.config = config
+        self.ckpt_state: tuple | None = None
+        self._open(spec_source, out, resume, epochs, overwrite)
+        self._build_model()
+        self._load_data()
+        self._make_optimizer()
+        self.augment = None
+        if self.config.augment:
+            self.augment = _batch_augmenter(self.config.augment, self.splits.normalizer,
+                                            self.splits.train.x.shape[1:])
+        self.history: list[dict[str, Any]] = []
+        self.start_epoch = 0
+        self.best_value: float | None = None
+        self.since_best = 0  # epochs since the monitored value last improved (early stopping)
+        seed = self.config.seed
+        self.streams = _Streams(np.random.default_rng([seed, 2]),
+                                np.random.default_rng([seed, 3]),
+                                np.random.default_rng([seed, 4]))
+        if self.ckpt_state is not None:
+            self._restore()
+        else:
+            self._start_run_folder(overwrite)
+        ckpt_dir = self.run_dir / "checkpoints"
+        self.last_path, self.best_path = ckpt_dir / "last.npz", ckpt_dir / "best.npz"
+        self.monitor = "val_accuracy" if self.splits.val is not None else "train_loss"
+        self.stopped_early = False
+        self.first_batch_time: float | None = None  # wall clock, for start-up benchmarks
+
+    # -- setup ----------------------------------------------------------------------------
+
+    def _open(self, spec_source: Any, out: str | Path, resume: str | Path | None,
+              epochs: int | None, overwrite: bool) -> None:
+        """Spec, settings and run folder: a resumed run's own, or new ones."""
+        from cnncli.spec import load_spec
+
+        if resume is not None:
+            self.spec, self.config, self.ckpt_path, self.ckpt_state = _open_resume(resume, epochs)
+            self.run_dir = self.ckpt_path.parent.parent
+        else:
+            is_spec = hasattr(spec_source, "layers")
+            self.spec = spec_source if is_spec else load_spec(spec_source)
+            self.run_dir = Path(out)
+            _check_run_dir(self.run_dir, overwrite)
+
+    def _build_model(self) -> None:
+        """The network, which must end in a vector of class scores."""
+        from cnncli.engine.model import build_model
+        from cnncli.spec import resolve
+
+        network = resolve(self.spec)
+        if len(network.output) != 1:
+            raise CnnError(f"{self.spec.file or self.spec.name}: the network's output is a "
+                           f"{'x'.join(map(str, network.output))} map; classification needs a "
+                           "vector (end with flatten/global_pool and dense)")
+        self.n_out = network.output[0]
+        self.model = build_model(network, seed=self.config.seed)
+
+    def _load_data(self) -> None:
+        """The splits; a resumed run keeps the normalisation it was trained with."""
+        from cnncli.data.dataset import Normalizer, load_dataset
+
+        state = self.ckpt_state
+        normalizer = Normalizer.from_dict(state[1]["normalizer"]) if state else None
+        self.splits = load_dataset(self.data, self.spec.input, self.config.val_split,
+                                   self.config.seed, normalizer=normalizer,
+                                   num_classes=self.n_out)
+        splits = self.splits
+        self.emit("data", {"fit_rule": splits.fit_rule, "train": len(splits.train),
+                           "val": len(splits.val) if splits.val else 0,
+                           "test": len(splits.test) if splits.test else 0,
+                           "classes": splits.classes})
+
+    def _make_optimizer(self) -> None:
+        """Optimizer and learning-rate schedule; the optimizer's defaults go into the config
+        so that the saved settings say what was used."""
+        from cnncli.optim import make_optimizer, make_schedule
+
+        config = self.config
+        self.optimizer = make_optimizer(config.optimizer, **config.optimizer_settings())
+        resolved = self.optimizer.config()
+        for key in ("momentum", "weight_decay"):
+            if getattr(config, key) is None and key in resolved:
+                setattr(config, key, resolved[key])
+        self.schedule = make_schedule(config.schedule, config.lr, step_size=config.step_size,
+                                      gamma=config.gamma, min_lr=config.min_lr,
+                                      total=config.epochs, warmup=config.warmup)
+
+    def _restore(self) -> None:
+        """Weights, optimizer state, random streams and bookkeeping of the resumed run."""
+        arrays, meta = self.ckpt_state
+        try:
+            self.model.load_state_dict({k[6:]: v for k, v in arrays.items()
+                                        if k.startswith("model/")})
+            self.optimizer.load_state_dict({k[6:]: v for k, v in arrays.items()
+                                            if k.startswith("optim/")})
+            self.streams = _Streams.restore(meta["rng"])
+        except (CnnError, KeyError, TypeError) as exc:
+            raise DataError(f"{self.ckpt_path}: checkpoint does not match its spec and "
+                            f"settings ({exc})") from None
+        self.history = list(meta["history"])
+        self.start_epoch = int(meta["epoch"])
+        self.best_value = meta.get("best_value")
+        self.since_best = int(meta.get("since_best", 0))
+
+    def _start_run_folder(self, overwrite: bool) -> None:
+        """A fresh run folder holding the settings and spec; a replaced run's files must not
+        mix with this one's."""
+        run_dir = self.run_dir
+        if overwrite:
+            for name in _OUTPUTS:
+                (run_dir / name).unlink(missing_ok=True)
+        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.yaml", _dump_yaml(
+            {"spec": self.spec.file, "data": str(Path(self.data).resolve()),
+             "training": self.config.to_dict()}))
+        if self.spec.text is not None:
+            atomic_write_text(run_dir / "spec.yaml", self.spec.text)
+
+    # -- the epochs -----------------------------------------------------------------------
+
+    def run(self, max_epochs_this_call: int | None) -> TrainResult:
+        """Train the remaining epochs (at most ``max_epochs_this_call``), then finish."""
+        from cnncli.data.dataset import num_batches
+
+        config = self.config
+        self.batches_per_epoch = num_batches(len(self.splits.train), config.batch_size)
+        self.emit("start", {"epochs": config.epochs, "start_epoch": self.start_epoch,
+                            "batches": self.batches_per_epoch, "params": self.model.num_params,
+                            "run_dir": str(self.run_dir), "monitor": self.monitor})
+        self.train_time = sum(h.get("epoch_train_seconds", 0.0) for h in self.history)
+        self.train_images = sum(h.get("train_images", 0) for h in self.history)
+        self.model.training_rng = self.streams.dropout
+        stop_at = config.epochs if max_epochs_this_call is None else min(
+            config.epochs, self.start_epoch + max_epochs_this_call)
+        for epoch in range(self.start_epoch, stop_at):
+            row = self._run_epoch(epoch)
+            self._check_weights(epoch)
+            self._evaluate_epoch(epoch, row)
+            self.history.append(row)
+            improved = self._track_best(row[self.monitor])
+            self._save_epoch(epoch + 1, improved)
+            self.emit("epoch", row | {"improved": improved, "best": self.best_value})
+            if config.patience and self.since_best >= config.patience:
+                self.stopped_early = True
+                self.emit("early_stop", {"epoch": epoch + 1, "patience": config.patience})
+                break
+        return self._finish()
+
+    def _run_epoch(self, epoch: int) -> dict[str, Any]:
+        """One pass over the shuffled training split; the epoch's metrics row."""
+        from cnncli.data.dataset import batches
+        from cnncli.optim import lr_at
+
+        config, optimizer = self.config, self.optimizer
+        optimizer.lr = lr_at(self.schedule, epoch)
+        t0 = time.perf_counter()
+        seen = correct = 0
+        loss_sum = 0.0
+        train_batches = batches(self.splits.train, config.batch_size, self.streams.shuffle)
+        for b, (xb, yb) in enumerate(train_batches):
+            if self.augment is not None:
+                xb = self.augment(xb, self.streams.augment)
+            loss, scores = train_step(self.model, optimizer, xb, yb, config.loss)
+            if not np.isfinite(loss):
+                raise self._non_finite(f"loss became {loss} at epoch {epoch + 1}, batch {b + 1}")
+            n = len(yb)
+            seen += n
+            loss_sum += loss * n
+            correct += int((scores.argmax(axis=1) == yb).sum())
+            elapsed = time.perf_counter() - t0
+            if self.first_batch_time is None:
+                self.first_batch_time = time.time()
+            self.emit("batch", {"epoch": epoch + 1, "batch": b + 1,
+                                "batches": self.batches_per_epoch,
+                                "loss": loss_sum / seen, "accuracy": correct / seen,
+                                "images_per_second": seen / elapsed if elapsed > 0 else 0.0})
+        epoch_seconds = time.perf_counter() - t0
+        self.model.release()
+        self.train_time += epoch_seconds
+        self.train_images += seen
+        return {
+            "epoch": epoch + 1, "lr": optimizer.lr, "train_loss": loss_sum / seen,
+            "train_accuracy": correct / seen, "train_images": seen,
+            "epoch_train_seconds": epoch_seconds, "images_per_second": seen / epoch_seconds,
+        }
+
+    def _check_weights(self, epoch: int) -> None:
+        """Stop if the epoch's last update overflowed, before it reaches a checkpoint."""
+        bad = next((k for k, a in self.model.state_dict().items()
+                    if not np.isfinite(a).all()), None)
+        if bad is not None:
+            raise self._non_finite(
+                f"weights became non-finite ({bad}) at the end of epoch {epoch + 1}")
+
+    def _evaluate_epoch(self, epoch: int, row: dict[str, Any]) -> None:
+        """Add validation and test loss/accuracy to the epoch's row."""
+        for name, ds in (("val", self.splits.val), ("test", self.splits.test)):
+            if ds is not None:
+                ev = evaluate_model(self.model, ds, self.config.loss, self.config.eval_batch_size)
+                row[f"{name}_loss"], row[f"{name}_accuracy"] = ev["loss"], ev["accuracy"]
+                if not np.isfinite(ev["loss"]):
+                    raise self._non_finite(
+                        f"{name} loss became {ev['loss']} after epoch {epoch + 1}")
+
+    def _track_best(self, value: float) -> bool:
+        """Whether the monitored value improved; updates the early-stopping count."""
+        best = self.best_value
+        improved = best is None or (
+            value > best if self.monitor.endswith("accuracy") else value < best)
+        if improved:
+            self.best_value = value
+            self.since_best = 0
+        else:
+            self.since_best += 1
+        return improved
+
+    def _save_epoch(self, epoch: int, improved: bool) -> None:
+        """Checkpoints, metrics files and the learning-curve plot after an epoch."""
+        self._save(self.last_path, epoch)
+        if improved:
+            self._save(self.best_path, epoch)
+        _metrics_files(self.run_dir, self.history)
+        try:
+            from cnncli.train.plot import learning_curves
+
+            learning_curves(self.history, self.run_dir / "curves.png")
+        except Exception:  # a plot must never cost a run  # noqa: BLE001
+            pass
+
+    def _save(self, path: Path, epoch: int) -> None:
+        """A checkpoint that holds everything a resume needs to continue bit for bit."""
+        from cnncli.checkpoint import save_checkpoint
+
+        spec, splits, config = self.spec, self.splits, self.config
+        arrays = {f"model/{k}": v for k, v in self.model.state_dict().items()}
+        arrays |= {f"optim/{k}": v for k, v in self.optimizer.state_dict().items()}
+        meta = {
+            "kind": "cnncli-train", "spec_text": spec.text or _dump_yaml(dict(spec.raw)),
+            "spec_file": spec.file, "spec_name": spec.name, "input": list(spec.input),
+            "classes": splits.classes, "normalizer": splits.normalizer.to_dict(),
+            "fit_rule": splits.fit_rule, "epoch": epoch, "config": config.to_dict(),
+            "rng": self.streams.states(), "history": self.history,
+            "best_value": self.best_value, "since_best": self.since_best,
+            "monitor": self.monitor, "loss": config.loss,
+            "data": str(Path(self.data).resolve()),
+        }
+        save_checkpoint(path, arrays, meta)
+
+    def _non_finite(self, what: str) -> NonFiniteLoss:
+        """The error for a non-finite value, naming the checkpoint that is still good."""
+        kept = self.last_path if self.last_path.exists() else "none (no epoch completed)"
+        return NonFiniteLoss(f"{what}: training stopped; the last good checkpoint is {kept} "
+                             f"(hint: lower the learning rate, now {self.optimizer.lr:g})")
+
+    # -- the result -----------------------------------------------------------------------
+
+    def _final_test(self) -> dict[str, Any] | None:
+        """Test loss/accuracy: the last epoch's evaluation, or a fresh one if none ran."""
+        if self.splits.test is None:
+            return None
+        last = self.history[-1] if self.history else {}
+        if "test_loss" in last:
+            return {"loss": last["test_loss"], "accuracy": last["test_accuracy"]}
+        ev = evaluate_model(self.model, self.splits.test, self.config.loss,
+                            self.config.eval_batch_size)
+        return {"loss": ev["loss"], "accuracy": ev["accuracy"]}
+
+    def _finish(self) -> TrainResult:
+        """The result, also written to summary.json and sent as the "end" event."""
+        test = self._final_test()
+        ips = self.train_images / self.train_time if self.train_time > 0 else 0.0
+        best = self.best_path if self.best_path.exists() else None
+        result = TrainResult(self.run_dir, self.last_path, best, self.history, test,
+                             len(self.history), ips, self.splits.fit_rule, self.stopped_early,
+                             extra={"first_batch_time": self.first_batch_time})
+        atomic_write_text(self.run_dir / "summary.json",
+                          json.dumps(result.summary(), indent=2) + "\n")
+        self.emit("end", result.summary())
+        return result
+
+
 @_quiet_float_warnings
 def train(
     spec_source: Any,
@@ -255,191 +548,9 @@ def train(
     ``max_epochs_this_call`` stops after that many epochs (tests use it to simulate an
     interrupted run that is later resumed).
     """
-    from cnncli.checkpoint import save_checkpoint
-    from cnncli.data.dataset import Normalizer, batches, load_dataset, num_batches
-    from cnncli.engine.model import build_model
-    from cnncli.optim import lr_at, make_optimizer, make_schedule
-    from cnncli.spec import load_spec
-
-    emit = on_event or (lambda kind, data: None)
-    if resume is not None:
-        spec, config, ckpt_path, ckpt_state = _open_resume(resume, epochs)
-        run_dir = ckpt_path.parent.parent
-    else:
-        spec = spec_source if hasattr(spec_source, "layers") else load_spec(spec_source)
-        run_dir, ckpt_state = Path(out), None
-        _check_run_dir(run_dir, overwrite)
-    from cnncli.spec import resolve
-
-    network = resolve(spec)
-    if len(network.output) != 1:
-        raise CnnError(f"{spec.file or spec.name}: the network's output is a "
-                       f"{'x'.join(map(str, network.output))} map; classification needs a vector "
-                       "(end with flatten/global_pool and dense)")
-    n_out = network.output[0]
-    model = build_model(network, seed=config.seed)
-    normalizer = Normalizer.from_dict(ckpt_state[1]["normalizer"]) if ckpt_state else None
-    splits = load_dataset(data, spec.input, config.val_split, config.seed,
-                          normalizer=normalizer, num_classes=n_out)
-    emit("data", {"fit_rule": splits.fit_rule, "train": len(splits.train),
-                  "val": len(splits.val) if splits.val else 0,
-                  "test": len(splits.test) if splits.test else 0, "classes": splits.classes})
-
-    optimizer = make_optimizer(config.optimizer, **config.optimizer_settings())
-    resolved = optimizer.config()
-    for key in ("momentum", "weight_decay"):  # record the optimizer's defaults as used
-        if getattr(config, key) is None and key in resolved:
-            setattr(config, key, resolved[key])
-    schedule = make_schedule(config.schedule, config.lr, step_size=config.step_size,
-                             gamma=config.gamma, min_lr=config.min_lr, total=config.epochs,
-                             warmup=config.warmup)
-    augment = None
-    if config.augment:
-        augment = _batch_augmenter(config.augment, splits.normalizer, splits.train.x.shape[1:])
-
-    history: list[dict[str, Any]] = []
-    start_epoch = 0
-    best_value: float | None = None
-    since_best = 0  # epochs since the monitored value last improved (early stopping)
-    streams = _Streams(np.random.default_rng([config.seed, 2]),
-                       np.random.default_rng([config.seed, 3]),
-                       np.random.default_rng([config.seed, 4]))
-    if ckpt_state is not None:
-        arrays, meta = ckpt_state
-        try:
-            model.load_state_dict({k[6:]: v for k, v in arrays.items()
-                                   if k.startswith("model/")})
-            optimizer.load_state_dict({k[6:]: v for k, v in arrays.items()
-                                       if k.startswith("optim/")})
-            streams = _Streams.restore(meta["rng"])
-        except (CnnError, KeyError, TypeError) as exc:
-            raise DataError(f"{ckpt_path}: checkpoint does not match its spec and settings "
-                            f"({exc})") from None
-        history = list(meta["history"])
-        start_epoch = int(meta["epoch"])
-        best_value = meta.get("best_value")
-        since_best = int(meta.get("since_best", 0))
-    else:
-        if overwrite:  # the replaced run's files must not mix with this one's
-            for name in _OUTPUTS:
-                (run_dir / name).unlink(missing_ok=True)
-        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "config.yaml", _dump_yaml(
-            {"spec": spec.file, "data": str(Path(data).resolve()), "training": config.to_dict()}))
-        if spec.text is not None:
-            atomic_write_text(run_dir / "spec.yaml", spec.text)
-    ckpt_dir = run_dir / "checkpoints"
-    last_path, best_path = ckpt_dir / "last.npz", ckpt_dir / "best.npz"
-    monitor = "val_accuracy" if splits.val is not None else "train_loss"
-
-    def non_finite(what: str) -> NonFiniteLoss:
-        kept = last_path if last_path.exists() else "none (no epoch completed)"
-        return NonFiniteLoss(f"{what}: training stopped; the last good checkpoint is {kept} "
-                             f"(hint: lower the learning rate, now {optimizer.lr:g})")
-
-    def save(path: Path, epoch: int) -> None:
-        arrays = {f"model/{k}": v for k, v in model.state_dict().items()}
-        arrays |= {f"optim/{k}": v for k, v in optimizer.state_dict().items()}
-        meta = {
-            "kind": "cnncli-train", "spec_text": spec.text or _dump_yaml(dict(spec.raw)),
-            "spec_file": spec.file, "spec_name": spec.name, "input": list(spec.input),
-            "classes": splits.classes, "normalizer": splits.normalizer.to_dict(),
-            "fit_rule": splits.fit_rule, "epoch": epoch, "config": config.to_dict(),
-            "rng": streams.states(), "history": history, "best_value": best_value,
-            "since_best": since_best,
-            "monitor": monitor, "loss": config.loss, "data": str(Path(data).resolve()),
-        }
-        save_checkpoint(path, arrays, meta)
-
-    nb = num_batches(len(splits.train), config.batch_size)
-    emit("start", {"epochs": config.epochs, "start_epoch": start_epoch, "batches": nb,
-                   "params": model.num_params, "run_dir": str(run_dir), "monitor": monitor})
-    train_time = sum(h.get("epoch_train_seconds", 0.0) for h in history)
-    train_images = sum(h.get("train_images", 0) for h in history)
-    stopped_early = False
-    first_batch_time: float | None = None  # wall clock, for start-up benchmarks
-    epoch = start_epoch
-    model.training_rng = streams.dropout
-    stop_at = config.epochs if max_epochs_this_call is None else min(
-        config.epochs, start_epoch + max_epochs_this_call)
-    for epoch in range(start_epoch, stop_at):
-        optimizer.lr = lr_at(schedule, epoch)
-        t0 = time.perf_counter()
-        seen = correct = 0
-        loss_sum = 0.0
-        for b, (xb, yb) in enumerate(batches(splits.train, config.batch_size, streams.shuffle)):
-            if augment is not None:
-                xb = augment(xb, streams.augment)
-            loss, scores = train_step(model, optimizer, xb, yb, config.loss)
-            if not np.isfinite(loss):
-                raise non_finite(f"loss became {loss} at epoch {epoch + 1}, batch {b + 1}")
-            n = len(yb)
-            seen += n
-            loss_sum += loss * n
-            correct += int((scores.argmax(axis=1) == yb).sum())
-            elapsed = time.perf_counter() - t0
-            if first_batch_time is None:
-                first_batch_time = time.time()
-            emit("batch", {"epoch": epoch + 1, "batch": b + 1, "batches": nb,
-                           "loss": loss_sum / seen, "accuracy": correct / seen,
-                           "images_per_second": seen / elapsed if elapsed > 0 else 0.0})
-        epoch_seconds = time.perf_counter() - t0
-        model.release()
-        train_time += epoch_seconds
-        train_images += seen
-        row: dict[str, Any] = {
-            "epoch": epoch + 1, "lr": optimizer.lr, "train_loss": loss_sum / seen,
-            "train_accuracy": correct / seen, "train_images": seen,
-            "epoch_train_seconds": epoch_seconds, "images_per_second": seen / epoch_seconds,
-        }
-        bad = next((k for k, a in model.state_dict().items() if not np.isfinite(a).all()), None)
-        if bad is not None:  # the epoch's last update overflowed
-            raise non_finite(f"weights became non-finite ({bad}) at the end of epoch {epoch + 1}")
-        for name, ds in (("val", splits.val), ("test", splits.test)):
-            if ds is not None:
-                ev = evaluate_model(model, ds, config.loss, config.eval_batch_size)
-                row[f"{name}_loss"], row[f"{name}_accuracy"] = ev["loss"], ev["accuracy"]
-                if not np.isfinite(ev["loss"]):
-                    raise non_finite(f"{name} loss became {ev['loss']} after epoch {epoch + 1}")
-        history.append(row)
-        value = row[monitor]
-        improved = best_value is None or (
-            value > best_value if monitor.endswith("accuracy") else value < best_value)
-        if improved:
-            best_value = value
-            since_best = 0
-        else:
-            since_best += 1
-        save(last_path, epoch + 1)
-        if improved:
-            save(best_path, epoch + 1)
-        _metrics_files(run_dir, history)
-        try:
-            from cnncli.train.plot import learning_curves
-
-            learning_curves(history, run_dir / "curves.png")
-        except Exception:  # a plot must never cost a run  # noqa: BLE001
-            pass
-        emit("epoch", row | {"improved": improved, "best": best_value})
-        if config.patience and since_best >= config.patience:
-            stopped_early = True
-            emit("early_stop", {"epoch": epoch + 1, "patience": config.patience})
-            break
-
-    test = None
-    if splits.test is not None:  # the last epoch's evaluation is the final one
-        if history and "test_loss" in history[-1]:
-            test = {"loss": history[-1]["test_loss"], "accuracy": history[-1]["test_accuracy"]}
-        else:
-            ev = evaluate_model(model, splits.test, config.loss, config.eval_batch_size)
-            test = {"loss": ev["loss"], "accuracy": ev["accuracy"]}
-    ips = train_images / train_time if train_time > 0 else 0.0
-    result = TrainResult(run_dir, last_path, best_path if best_path.exists() else None, history,
-                         test, len(history), ips, splits.fit_rule, stopped_early,
-                         extra={"first_batch_time": first_batch_time})
-    atomic_write_text(run_dir / "summary.json", json.dumps(result.summary(), indent=2) + "\n")
-    emit("end", result.summary())
-    return result
+    trainer = _Trainer(spec_source, data=data, out=out, config=config, resume=resume,
+                       epochs=epochs, overwrite=overwrite, on_event=on_event)
+    return trainer.run(max_epochs_this_call)
 
 
 def resolve_checkpoint(path: str | Path, prefer: str = "best") -> Path:
