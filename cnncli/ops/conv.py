@@ -644,9 +644,9 @@ def _backward_core(x, dy, w, g: ConvGeometry, need_dx: bool, need_dw: bool, prep
     if act_y is not None:
         act_code, y_act = _ACT_CODES[act_y[0]], act_y[1]
         with_db = act_y[2]
-        if act_code == 3 and not wino_dw:
+        if act_code == 3 and not (wino_dw and (wino_dx or not need_dx)):
             raise ShapeMismatchError("conv2d_relu_maxpool2_backward: the layer no longer "
-                                     "takes the Winograd path (WINOGRAD_DW switched off?)")
+                                     "takes the Winograd path (WINOGRAD_DW/DX switched off?)")
 
     def part(lo: int, hi: int, p: int):
         extra = prep(lo, hi) if prep else None

@@ -68,7 +68,7 @@ def test_only_where_tiles_are_windows():
     assert not conv.fuses_relu_maxpool2((16, 8, 8), (16, 16, 3, 3), 1, 1, 1, 1, f32)
 
 
-def test_misuse_is_a_clear_error():
+def test_misuse_is_a_clear_error(monkeypatch):
     x = np.zeros((1, 16, 15, 16), dtype=np.float32)
     w = np.zeros((16, 16, 3, 3), dtype=np.float32)
     with pytest.raises(ShapeMismatchError, match="even size"):
@@ -76,4 +76,8 @@ def test_misuse_is_a_clear_error():
     x = np.zeros((1, 16, 16, 16), dtype=np.float32)
     y, cache = conv.conv2d_relu_maxpool2_forward(x, w, None, argmax=False)
     with pytest.raises(ShapeMismatchError, match="inference"):
+        conv.conv2d_relu_maxpool2_backward(np.zeros_like(y), cache)
+    y, cache = conv.conv2d_relu_maxpool2_forward(x, w, None)
+    monkeypatch.setattr(conv, "WINOGRAD_DX", False)  # switched off between the passes
+    with pytest.raises(ShapeMismatchError, match="Winograd path"):
         conv.conv2d_relu_maxpool2_backward(np.zeros_like(y), cache)
