@@ -18,7 +18,7 @@ then ``x floor``, our single-process time over the floor's (the target is 1.5 or
 I/O share (the floor's share of our single-process time), and the reference figures measured on
 this machine for albumentations 2.0.8 + OpenCV (2 threads inside OpenCV) and for Pillow's
 decode + encode only, from ../shared/reference/README.md. ``--repeat R`` keeps the best of R
-runs of each measurement (the machine may be shared).
+runs of each measurement, the measurements taking turns (the machine may be shared).
 """
 
 from __future__ import annotations
@@ -79,14 +79,18 @@ def io_floor(files: list[Path], n: int, fmt: str, png_level: int, out: Path) -> 
     return time.perf_counter() - t0
 
 
-def best_rate(measure: Callable[[Path], float], out: Path, repeat: int) -> float:
-    """Shortest of ``repeat`` timings of ``measure(out_folder)`` (seconds), fresh folder each."""
-    times = []
+def best_times(measures: list[Callable[[Path], float]], out: Path, repeat: int) -> list[float]:
+    """Shortest of ``repeat`` timings (seconds) of each ``measure(out_folder)``, fresh folder
+    each. The measures take turns, round by round, so that a neighbour's load on the shared
+    machine falls on all of them alike rather than on whichever ran during it. Between
+    measures the written files are flushed (``os.sync``, not timed) and kept until the end:
+    the write-back or deletion of thousands of files slows whatever runs next."""
+    best = [float("inf")] * len(measures)
     for r in range(repeat):
-        folder = out.with_name(f"{out.name}_{r}")
-        times.append(measure(folder))
-        shutil.rmtree(folder, ignore_errors=True)
-    return min(times)
+        for i, measure in enumerate(measures):
+            best[i] = min(best[i], measure(out.with_name(f"{out.name}_{i}_{r}")))
+            os.sync()
+    return best
 
 
 def ours(src: Path, out: Path, *, n: int, fmt: str, png_level: int, workers: int) -> float:
@@ -138,19 +142,11 @@ def main() -> None:
             label, fmt, level, ref_alb, ref_floor = FORMATS[key]
 
             files_in = [src / f.name for f in files]
-            floor = best_rate(
-                partial(io_floor, files_in, args.n, fmt, level), tmp / f"floor_{key}", args.repeat
-            )
-            rates = [
-                best_rate(
-                    partial(ours, src, n=args.n, fmt=fmt, png_level=level, workers=w),
-                    tmp / f"ours{w}_{key}",
-                    args.repeat,
-                )
-                for w in workers
+            measures = [partial(io_floor, files_in, args.n, fmt, level)]
+            measures += [
+                partial(ours, src, n=args.n, fmt=fmt, png_level=level, workers=w) for w in workers
             ]
-            rates = [outputs / t for t in rates]
-            floor = outputs / floor
+            floor, *rates = (outputs / t for t in best_times(measures, tmp / key, args.repeat))
             one = rates[workers.index(1)] if 1 in workers else float("nan")
             line = f"{label:<20}{floor:>10.0f}" + "".join(f"{r:>10.0f}" for r in rates)
             line += f"{floor / one:>8.2f}x{one / floor:>10.0%}{ref_alb:>10}{ref_floor:>10}"

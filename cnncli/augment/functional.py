@@ -2,9 +2,11 @@
 
 Images are NumPy arrays of shape (H, W, C), dtype ``uint8`` or ``uint16``, C in {1, 2, 3, 4}:
 grey, grey + alpha, RGB, RGBA. Every function returns a new array of the same dtype (the input is
-never modified). Colour operations leave the alpha channel alone; values that depend on 8-bit
-levels (``fill``, noise ``sigma``, PCA shifts) are given in 0..255 units and scaled by
-``maxval / 255`` for 16-bit images.
+never modified). 8-bit RGB may be held 4 bytes per pixel (:func:`to_rgbx`): the warp and the
+table functions then run faster kernels that read a pixel as one uint32 (the ``packed`` ones in
+``_kernels``) and hand back the same layout. Colour operations leave the alpha channel alone;
+values that depend on 8-bit levels (``fill``, noise ``sigma``, PCA shifts) are given in 0..255
+units and scaled by ``maxval / 255`` for 16-bit images.
 
 Geometry convention (shared by every geometric op, the Numba kernel and its NumPy twin): pixel
 (r, c) covers the square [c, c + 1) x [r, r + 1) in continuous coordinates, so its centre is
@@ -21,12 +23,14 @@ composes into one table.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
 import numpy as np
 
 from cnncli.augment import _kernels as K
+from cnncli.augment.io import rgbx_base
 
 BORDERS = {"constant": K.BORDER_CONSTANT, "edge": K.BORDER_EDGE, "reflect": K.BORDER_REFLECT}
 INTERPOLATIONS = ("bilinear", "nearest")
@@ -38,7 +42,7 @@ LUMA = (0.299, 0.587, 0.114)  # ITU-R 601 weights, as in Pillow's RGB -> L
 
 def maxval(img: np.ndarray) -> int:
     """Largest representable value of the image's dtype (255 or 65535)."""
-    return int(np.iinfo(img.dtype).max)
+    return 255 if img.dtype == np.uint8 else int(np.iinfo(img.dtype).max)
 
 
 def colour_channels(channels: int) -> int:
@@ -51,11 +55,39 @@ def fill_vector(channels: int, fill: float, dtype: np.dtype) -> np.ndarray:
 
     Areas a warp uncovers therefore become transparent in images that have an alpha channel.
     """
-    top = int(np.iinfo(dtype).max)
+    top = 255 if dtype == np.uint8 else int(np.iinfo(dtype).max)
     level = min(max(round(float(fill) * top / 255.0), 0), top)
     vec = np.full(channels, level, dtype=dtype)
     vec[colour_channels(channels) :] = 0
     return vec
+
+
+def to_rgbx(img: np.ndarray) -> np.ndarray:
+    """An (H, W, 3) uint8 image as a view of a new (H, W, 4) buffer whose fourth byte is 255:
+    Pillow's own layout for RGB, in which the packed kernels read a pixel as one uint32 word
+    and :func:`~cnncli.augment.io.to_pil` hands the buffer to Pillow without unpacking it."""
+    out = np.empty((*img.shape[:2], 4), np.uint8)
+    return K.pad_rgbx(np.ascontiguousarray(img), out)[..., :3]
+
+
+def packed_words(img: np.ndarray, *, pad: bool = False) -> np.ndarray | None:
+    """(H, W) uint32 words of an 8-bit RGB or RGBA image, one per pixel, for the packed kernels;
+    None for other images. RGB must be held 4 bytes per pixel (:func:`to_rgbx`) unless ``pad``,
+    which copies it so (worth it when the kernel's work exceeds the copy's)."""
+    if img.dtype != np.uint8 or img.ndim != 3 or img.size == 0:
+        return None
+    if img.shape[2] == 4:
+        full = img if img.flags.c_contiguous else (np.ascontiguousarray(img) if pad else None)
+    elif img.shape[2] == 3:
+        full = rgbx_base(img)
+        if full is None and pad:
+            full = rgbx_base(to_rgbx(img))
+    else:
+        return None
+    if full is None:
+        return None
+    words = full.view(np.uint32).reshape(img.shape[:2])
+    return words if words.flags.aligned else None
 
 
 def _check(img: np.ndarray) -> np.ndarray:
@@ -160,19 +192,32 @@ def warp_affine(
     Bilinear sampling with borders 'constant' (neighbours outside take ``fill``, alpha 0),
     'edge' (clamp) or 'reflect' (mirror, edge pixel not repeated). With ``antialias`` a
     downscale of 2x or more first box-reduces the input (see :func:`reduce_factors`).
+    8-bit RGB(A) goes through the packed kernel (RGB padded first when the input is at most
+    3x the output's pixels: padding costs about a third of what the kernel saves per output
+    pixel) and RGB comes back 4 bytes per pixel (:func:`to_rgbx`); the values are the byte
+    kernel's.
     """
-    img = _check(img)
     m = np.asarray(matrix, dtype=np.float64)
     if interpolation == "bilinear" and antialias:
         kx, ky = reduce_factors(m)
         if kx > 1 or ky > 1:
             img = box_reduce(img, ky, kx)
             m = np.diag([1.0 / kx, 1.0 / ky, 1.0]) @ m
-    out = np.empty((int(out_hw[0]), int(out_hw[1]), img.shape[2]), img.dtype)
-    fillv = fill_vector(img.shape[2], fill, img.dtype)
-    K.warp_affine(
-        img, np.ascontiguousarray(m[:2]), out, fillv, BORDERS[border], interpolation == "bilinear"
-    )
+    oh, ow = int(out_hw[0]), int(out_hw[1])
+    words = packed_words(img, pad=img.shape[0] * img.shape[1] <= 3 * oh * ow)
+    img = img if words is not None else _check(img)
+    channels = img.shape[2]
+    fillv = fill_vector(channels, fill, img.dtype)
+    mode, bilinear = BORDERS[border], interpolation == "bilinear"
+    if words is not None:
+        out = np.empty((oh, ow, 4), np.uint8)
+        out_words = out.view(np.uint32).reshape(oh, ow)
+        K.warp_affine_packed(
+            words, np.ascontiguousarray(m[:2]), out_words, fillv, mode, bilinear, channels
+        )
+        return out if channels == 4 else out[..., :3]
+    out = np.empty((oh, ow, channels), img.dtype)
+    K.warp_affine(img, np.ascontiguousarray(m[:2]), out, fillv, mode, bilinear)
     return out
 
 
@@ -359,27 +404,44 @@ def resize(
 
 def identity_luts(channels: int, top: int) -> np.ndarray:
     """(C, top + 1) tables that map every value to itself; dtype int64."""
-    return np.tile(np.arange(top + 1, dtype=np.int64), (channels, 1))
+    luts = np.empty((channels, top + 1), np.int64)
+    luts[:] = _ramp(top, np.int64)
+    return luts
+
+
+@functools.cache
+def _ramp(top: int, dtype: type = np.float64) -> np.ndarray:
+    """``arange(top + 1)`` (read-only, shared): every table starts from it."""
+    ramp = np.arange(top + 1, dtype=dtype)
+    ramp.setflags(write=False)
+    return ramp
 
 
 def _round_clip(values: np.ndarray, top: int) -> np.ndarray:
-    return np.clip(np.floor(values + 0.5), 0, top).astype(np.int64)
+    """``clip(floor(values + 0.5), 0, top)`` as int64; ``values`` (a scratch array) is reused."""
+    values += 0.5
+    np.floor(values, out=values)
+    np.maximum(values, 0.0, out=values)
+    np.minimum(values, top, out=values)
+    return values.astype(np.int64)
 
 
 def brightness_lut(factor: float, top: int) -> np.ndarray:
     """Table of ``round(x * factor)`` clipped to [0, top]."""
-    return _round_clip(np.arange(top + 1, dtype=np.float64) * factor, top)
+    return _round_clip(_ramp(top) * factor, top)
 
 
 def contrast_lut(factor: float, mean: float, top: int) -> np.ndarray:
     """Table of ``round(mean + factor * (x - mean))`` clipped to [0, top]."""
-    x = np.arange(top + 1, dtype=np.float64)
-    return _round_clip(mean + factor * (x - mean), top)
+    values = _ramp(top) - mean
+    values *= factor
+    values += mean
+    return _round_clip(values, top)
 
 
 def offset_lut(offset: float, top: int) -> np.ndarray:
     """Table of ``round(x + offset)`` clipped to [0, top]."""
-    return _round_clip(np.arange(top + 1, dtype=np.float64) + offset, top)
+    return _round_clip(_ramp(top) + offset, top)
 
 
 def colour_luts(channels: int, table: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
@@ -389,19 +451,41 @@ def colour_luts(channels: int, table: np.ndarray | Sequence[np.ndarray]) -> np.n
     """
     tables = [table] if isinstance(table, np.ndarray) and table.ndim == 1 else list(table)
     top = len(tables[0]) - 1
-    luts = identity_luts(channels, top)
+    luts = np.empty((channels, top + 1), np.int64)
     ncol = colour_channels(channels)
-    for ch in range(ncol):
-        luts[ch] = tables[ch if len(tables) > 1 else 0]
+    luts[:ncol] = tables[:ncol] if len(tables) > 1 else tables[0]
+    luts[ncol:] = _ramp(top, np.int64)
     return luts
+
+
+def compose_luts(second: np.ndarray, first: np.ndarray) -> np.ndarray:
+    """Tables of ``second`` applied after ``first``: ``out[c, v] = second[c, first[c, v]]``."""
+    return second[_rows(first.shape[0]), first]
+
+
+@functools.cache
+def _rows(channels: int) -> np.ndarray:
+    return np.arange(channels)[:, None]
 
 
 def apply_luts(img: np.ndarray, luts: np.ndarray, *, inplace: bool = False) -> np.ndarray:
     """``out[..., c] = luts[c][img[..., c]]`` (one pass; luts shape (C, maxval + 1)).
 
-    ``inplace`` writes into ``img`` itself (when it is C-contiguous and writable) instead of
-    a new array: for callers that own ``img``.
+    ``inplace`` writes into ``img`` itself (when it is C-contiguous, or held 4 bytes per pixel,
+    and writable) instead of a new array: for callers that own ``img``. 8-bit RGB(A) goes
+    through the packed kernel and comes back in the layout it came in.
     """
+    words = packed_words(img)
+    if words is not None:
+        channels = img.shape[2]
+        if inplace and words.flags.writeable:
+            out, out_words = img, words
+        else:
+            buf = np.empty((*img.shape[:2], 4), np.uint8)
+            out_words = buf.view(np.uint32).reshape(img.shape[:2])
+            out = buf if channels == 4 else buf[..., :3]
+        K.apply_luts_packed(words, np.ascontiguousarray(luts, dtype=np.uint32), out_words)
+        return out
     if inplace and img.flags.c_contiguous and img.flags.writeable:
         out = img
     else:
@@ -433,7 +517,24 @@ def luminance_mean_from_histograms(hist: np.ndarray, luts: np.ndarray | None = N
     for ch in range(colour_channels(channels)):
         mapped = values if luts is None else luts[ch].astype(np.int64)
         sums.append(int(np.dot(hist[ch], mapped)))
-    count = int(hist[0].sum())
+    return _luma(sums, int(hist[0].sum()))
+
+
+def luminance_mean_through(img: np.ndarray, luts: np.ndarray | None = None) -> float:
+    """:func:`luminance_mean` of ``apply_luts(img, luts)`` without making that image: for 8-bit
+    RGB(A) one pass summing table entries, else :func:`luminance_mean_from_histograms`. The
+    same exact integer sums either way, so the same float."""
+    words = packed_words(img)
+    if words is None:
+        return luminance_mean_from_histograms(channel_histograms(img), luts)
+    channels = img.shape[2]
+    tables = identity_luts(channels, 255) if luts is None else luts
+    sums = K.lut_sums_packed(words, np.ascontiguousarray(tables, dtype=np.int64))
+    return _luma(sums[:3], words.size)
+
+
+def _luma(sums: Sequence[int], count: int) -> float:
+    """Luminance mean from per-colour-channel integer sums over ``count`` pixels."""
     if len(sums) == 1:
         return sums[0] / count
     return (LUMA[0] * sums[0] + LUMA[1] * sums[1] + LUMA[2] * sums[2]) / count
@@ -444,10 +545,7 @@ def luminance_mean(img: np.ndarray) -> float:
     img = _check(img)
     ncol = colour_channels(img.shape[2])
     sums = [int(img[..., ch].sum(dtype=np.int64)) for ch in range(ncol)]
-    count = img.shape[0] * img.shape[1]
-    if ncol == 1:
-        return sums[0] / count
-    return (LUMA[0] * sums[0] + LUMA[1] * sums[1] + LUMA[2] * sums[2]) / count
+    return _luma(sums, img.shape[0] * img.shape[1])
 
 
 def adjust_brightness(img: np.ndarray, factor: float) -> np.ndarray:

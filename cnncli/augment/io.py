@@ -13,6 +13,9 @@ plus what is needed to write them back in the same mode:
   bits per channel by Pillow itself; that is reported as a warning.
 * Images over ``max_pixels`` (decompression bombs) are refused before decoding; truncated,
   corrupt, unreadable and non-image files raise :class:`ImageReadError` with a one-line reason.
+* With ``rgbx=True`` an RGB image comes back 4 bytes per pixel, as an (H, W, 3) view of an
+  (H, W, 4) buffer (:func:`rgbx_base`): the layout Pillow keeps RGB in, so one copy out of
+  Pillow instead of two, and the layout the packed kernels and :func:`to_pil` want.
 
 Writing (:func:`encode_image`, :func:`write_atomic`) encodes to memory, then writes a temporary
 file in the destination folder and renames it over the target, so a reader never sees a
@@ -64,9 +67,13 @@ class ImageMeta:
 
 
 def read_image(
-    path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS
+    path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS, rgbx: bool = False
 ) -> tuple[np.ndarray, ImageMeta]:
-    """Decode ``path`` into (pixels, meta); raises :class:`ImageReadError` for bad files."""
+    """Decode ``path`` into (pixels, meta); raises :class:`ImageReadError` for bad files.
+
+    ``rgbx``: RGB pixels as a read-only (H, W, 3) view of an (H, W, 4) buffer (see the module
+    docstring); otherwise every array is a writable C-contiguous copy.
+    """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     path = Path(path)
@@ -92,7 +99,7 @@ def read_image(
                         )
                 im.load()
                 ImageOps.exif_transpose(im, in_place=True)
-                pixels = _to_array(im, meta)
+                pixels = _to_array(im, meta, rgbx=rgbx)
     except ImageReadError:
         raise
     except FileNotFoundError:
@@ -128,7 +135,7 @@ def _png_bit_depth(path: Path) -> int | None:
     return None
 
 
-def _to_array(im: Any, meta: ImageMeta) -> np.ndarray:
+def _to_array(im: Any, meta: ImageMeta, *, rgbx: bool = False) -> np.ndarray:
     """Pillow image -> (H, W, C) uint8/uint16, recording palette information in ``meta``."""
     mode = im.mode
     if mode == "P":
@@ -155,6 +162,9 @@ def _to_array(im: Any, meta: ImageMeta) -> np.ndarray:
         raise ImageReadError("32-bit float images are not supported")
     if im.mode not in ("L", "LA", "RGB", "RGBA"):
         raise ImageReadError(f"unsupported image mode {im.mode}")
+    if rgbx and im.mode == "RGB":
+        w, h = im.size
+        return np.ndarray((h, w, 4), np.uint8, buffer=im.tobytes("raw", "RGBX"))[..., :3]
     arr = np.array(im)  # a writable copy (np.asarray of a Pillow image is read-only)
     if arr.ndim == 2:
         arr = arr[:, :, None]
@@ -185,9 +195,39 @@ def _flatten_alpha(arr: np.ndarray, background: int = 255) -> np.ndarray:
     return out.astype(np.uint8)
 
 
-def to_pil(arr: np.ndarray) -> Any:
-    """(H, W, C) uint8/uint16 array -> Pillow image (L, LA, RGB, RGBA or I;16)."""
+def rgbx_base(arr: np.ndarray) -> np.ndarray | None:
+    """The (H, W, 4) uint8 array whose first three channels ``arr`` is, or None: how an RGB
+    image held 4 bytes per pixel (by :func:`read_image`, ``functional.to_rgbx`` or a packed
+    kernel) is recognised."""
+    base = arr.base
+    if (
+        arr.ndim == 3
+        and arr.shape[2] == 3
+        and arr.size
+        and isinstance(base, np.ndarray)
+        and base.shape == (*arr.shape[:2], 4)
+        and base.dtype == np.uint8
+        and base.flags.c_contiguous
+        and arr.strides == base.strides
+        and np.shares_memory(arr[0, 0, :1], base[0, 0, :1])  # starts where base starts
+    ):
+        return base
+    return None
+
+
+def to_pil(arr: np.ndarray, *, rgbx: bool = False) -> Any:
+    """(H, W, C) uint8/uint16 array -> Pillow image (L, LA, RGB, RGBA or I;16).
+
+    An RGB image held 4 bytes per pixel (:func:`rgbx_base`) becomes, with ``rgbx``, an "RGBX"
+    image that shares its memory (JPEG writes it as RGB, byte for byte the same file).
+    """
     from PIL import Image
+
+    base = rgbx_base(arr)
+    if base is not None:
+        h, w = arr.shape[:2]
+        im = Image.frombuffer("RGBX", (w, h), base, "raw", "RGBX", 0, 1)
+        return im if rgbx else im.convert("RGB")
 
     if arr.dtype == np.uint16:
         if arr.shape[2] != 1:
@@ -235,7 +275,7 @@ def encode_image(
     if meta.palette is not None and fmt in ("PNG", "BMP", "TIFF") and arr.shape[2] == 3:
         im = to_palette(arr, meta.palette)
     else:
-        im = to_pil(arr)
+        im = to_pil(arr, rgbx=fmt == "JPEG")
     kwargs: dict[str, Any] = {}
     if meta.icc_profile and fmt in ("JPEG", "PNG", "TIFF", "WEBP"):
         kwargs["icc_profile"] = meta.icc_profile

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from cnncli.augment import functional as F
+from cnncli.augment.io import rgbx_base
 from cnncli.augment.transforms import (
     GeometricOp,
     LutOp,
@@ -191,7 +192,6 @@ class Pipeline:
         steps = [(op, rec) for op, rec in zip(self.ops, records, strict=True) if rec["applied"]]
         source = img
         i = 0
-        hist: np.ndarray | None = None  # histograms of ``img`` if the last step computed them
         while i < len(steps):
             op = steps[i][0]
             if isinstance(op, GeometricOp):
@@ -202,18 +202,15 @@ class Pipeline:
                         break
                     settings, j = merged, j + 1
                 img = _warp_run(img, steps[i:j], settings)
-                hist = None
             elif isinstance(op, LutOp):
                 j = i
                 while j < len(steps) and isinstance(steps[j][0], LutOp):
                     j += 1
                 owned = img is not source and not np.may_share_memory(img, source)
-                img = _lut_run(img, steps[i:j], hist, inplace=owned)
-                hist = None
+                img = _lut_run(img, steps[i:j], inplace=owned)
             else:
                 j = i + 1
                 img = op.apply(img, steps[i][1])
-                hist = None
             i = j
         return img
 
@@ -238,8 +235,11 @@ def _warp_run(
         matrix = matrix @ op.matrix(rec, shape)  # type: ignore[attr-defined]
         shape = op.output_shape(rec, shape)
     exact = _exact_slices(matrix, in_shape, shape)
-    if exact is not None:
-        return np.ascontiguousarray(img[exact])
+    if exact is not None:  # a copy; RGB held 4 bytes per pixel stays so (see F.warp_affine)
+        padded = rgbx_base(img)
+        if padded is None:
+            return np.ascontiguousarray(img[exact])
+        return np.ascontiguousarray(padded[exact])[..., :3]
     cfg = {"interpolation": "bilinear", "border": "constant", "fill": 0, **settings}
     return F.warp_affine(img, matrix, shape[:2], **cfg)
 
@@ -271,11 +271,7 @@ def _exact_slices(matrix: np.ndarray, in_shape: Shape, out_shape: Shape) -> tupl
 
 
 def _lut_run(
-    img: np.ndarray,
-    steps: Sequence[tuple[Op, Mapping[str, Any]]],
-    hist: np.ndarray | None,
-    *,
-    inplace: bool = False,
+    img: np.ndarray, steps: Sequence[tuple[Op, Mapping[str, Any]]], *, inplace: bool = False
 ) -> np.ndarray:
     """Compose the steps' tables and apply them in one pass (none when they compose to the
     identity); ``inplace`` when ``img`` is a scratch array that may be overwritten."""
@@ -285,17 +281,15 @@ def _lut_run(
         context: dict[str, Any] = {}
         needs = op.needs  # type: ignore[attr-defined]
         if needs == "image" and pending is not None:
-            img, pending, hist = F.apply_luts(img, pending, inplace=inplace), None, None
+            img, pending = F.apply_luts(img, pending, inplace=inplace), None
             inplace = True
         if needs == "image":
             context["image"] = img
         elif needs == "mean":
-            if hist is None:
-                hist = F.channel_histograms(img)
-            context["mean"] = F.luminance_mean_from_histograms(hist, pending)
+            context["mean"] = F.luminance_mean_through(img, pending)
         table = op.luts(rec, channels, top, context)  # type: ignore[attr-defined]
         # Compose: the new table applied after the pending one.
-        pending = table if pending is None else np.take_along_axis(table, pending, axis=1)
+        pending = table if pending is None else F.compose_luts(table, pending)
     if pending is None or F.is_identity_luts(pending):
         return img if inplace else img.copy()  # never hand back the caller's own array
     return F.apply_luts(img, pending, inplace=inplace)

@@ -135,6 +135,16 @@ def test_same_seed_same_bytes_whatever_the_number_of_workers(photo_tree, tmp_pat
     }
 
 
+def test_more_outputs_per_input_repeat_the_first_ones(photo_tree, tmp_path):
+    """Outputs draw in index order from one generator per source: -n 3 extends -n 2."""
+    runs = {}
+    for n in (2, 3):
+        out = tmp_path / f"n{n}"
+        assert cnn(photo_tree, "--out", out, "-n", n, "--seed", 4, "-j", 1).exit_code == 0
+        runs[n] = hashes(out, skip=("manifest.csv", "manifest.jsonl", "pipeline.yaml"))
+    assert runs[2].items() <= runs[3].items() and len(runs[3]) == len(runs[2]) * 3 // 2
+
+
 def test_saved_pipeline_reproduces_a_run(photo_tree, tmp_path):
     saved = tmp_path / "aug.yaml"
     first, second = tmp_path / "a", tmp_path / "b"
