@@ -104,22 +104,34 @@ def _blas_control():
     return _blas
 
 
+_blas_holders = 0
+_blas_saved = 1
+
+
 @contextmanager
 def single_threaded_blas():
-    """OpenBLAS on one thread for the duration (restored afterwards)."""
+    """OpenBLAS on one thread for the duration (restored afterwards). The setting is
+    process-wide, so it is counted: with passes running from several threads at once, the
+    first to enter saves the old value and the last to leave restores it."""
+    global _blas_holders, _blas_saved
     ctl = _blas_control()
     if not ctl:
         yield
         return
     get, put = ctl
-    old = get()
-    if old != 1:
-        put(1)
+    with _lock:
+        if _blas_holders == 0:
+            _blas_saved = get()
+            if _blas_saved != 1:
+                put(1)
+        _blas_holders += 1
     try:
         yield
     finally:
-        if old != 1:
-            put(old)
+        with _lock:
+            _blas_holders -= 1
+            if _blas_holders == 0 and _blas_saved != 1:
+                put(_blas_saved)
 
 
 def engine_region():
@@ -168,6 +180,7 @@ def over_batch(fn: Callable[[int, int, int], Any], n: int, min_items: int = 1,
     that per-part workspaces are never shared between threads)."""
     if getattr(_depth, "inside", False):
         return [fn(0, n, _depth.part)]
+    owner = _owner()
     w = workers()
     if work is not None and work < MIN_PARALLEL_WORK:
         w = 1
@@ -177,11 +190,11 @@ def over_batch(fn: Callable[[int, int, int], Any], n: int, min_items: int = 1,
     pool = _get_pool(w)
 
     def call(lo: int, hi: int, i: int) -> Any:
-        _depth.inside, _depth.part = True, i
+        _depth.inside, _depth.part, _depth.owner = True, i, owner
         try:
             return fn(lo, hi, i)
         finally:
-            _depth.inside, _depth.part = False, 0
+            _depth.inside, _depth.part, _depth.owner = False, 0, None
 
     with single_threaded_blas():
         # each part runs in a copy of the caller's context (NumPy's errstate lives there)
@@ -201,11 +214,18 @@ def over_batch(fn: Callable[[int, int, int], Any], n: int, min_items: int = 1,
 _workspaces: dict[tuple, np.ndarray] = {}
 
 
+def _owner() -> int:
+    """The thread that started the current pass (a part's thread inherits its caller's), so
+    that passes run concurrently from several user threads never share scratch buffers."""
+    return getattr(_depth, "owner", None) or threading.get_ident()
+
+
 def workspace(tag: str, part: int, size: int, dtype: Any) -> np.ndarray:
     """A 1-D scratch array of at least ``size`` elements, reused across calls with the
-    same (tag, part, dtype). Its contents are undefined; callers overwrite what they use.
-    Never hand a workspace (or a view of one) out of the op: the next call reuses it."""
-    key = (tag, part, np.dtype(dtype).str)
+    same (tag, part, dtype) within the passes of one calling thread. Its contents are
+    undefined; callers overwrite what they use. Never hand a workspace (or a view of one)
+    out of the op: the next call reuses it."""
+    key = (tag, part, np.dtype(dtype).str, _owner())
     buf = _workspaces.get(key)
     if buf is None or buf.size < size:
         buf = np.empty(max(size, 1), dtype=dtype)

@@ -121,3 +121,32 @@ def test_openblas_runs_on_one_thread_inside_a_pass(monkeypatch, workers):
     finally:
         put(old)
         _threads.set_workers(None)
+
+
+def test_models_run_from_several_user_threads_do_not_share_scratch():
+    """Two models run concurrently from user threads get the same results as run one after
+    the other (the ops' scratch buffers belong to the thread that started the pass)."""
+    import threading
+
+    spec = {"input": [16, 16, 16], "layers": [
+        {"conv": {"filters": 16, "kernel": 3, "padding": "same", "activation": "relu"}},
+        {"conv": {"filters": 16, "kernel": 3, "padding": "same", "activation": "relu"}},
+        "flatten", {"dense": {"units": 3}}]}
+    rng = np.random.default_rng(7)
+    xs = [rng.standard_normal((24, 16, 16, 16)).astype(np.float32) for _ in range(2)]
+    models = [build_model(spec, seed=s) for s in (1, 2)]
+    want = [m.forward(x) for m, x in zip(models, xs)]
+    got: dict[int, list[np.ndarray]] = {0: [], 1: []}
+
+    def run(i: int) -> None:
+        for _ in range(20):
+            got[i].append(models[i].forward(xs[i]))
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i in range(2):
+        for y in got[i]:
+            np.testing.assert_array_equal(y, want[i])
