@@ -58,9 +58,11 @@ class _Run:
             caches.append(cache)
             if timer is not None:
                 timer.setdefault(node.path, [0.0, 0.0])[0] += perf_counter() - t0
-            if trace is not None:
-                h, w, c = node.out_shape if inside is not None else (0, 0, 0)
-                trace[node.path] = tuple(x.shape) if inside is None else (x.shape[0], c, h, w)
+            if trace is not None and inside is None:
+                trace[node.path] = tuple(x.shape)
+            elif trace is not None:  # x is the pool's output; the conv's is the report's
+                h, w, c = node.out_shape
+                trace[node.path] = (x.shape[0], c, h, w)
         return x, caches
 
     def unrun(self, nodes: list[Node], dy: np.ndarray, caches: list) -> np.ndarray:
