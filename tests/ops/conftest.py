@@ -125,3 +125,14 @@ def check32():
         assert_matches(mine.astype(np.float64), ref, name + " (float32)", atol=2e-4 * scale)
 
     return _check
+
+
+@pytest.fixture(params=[1, 2], ids=lambda n: f"{n}-workers")
+def workers(request, monkeypatch):
+    """Run the test with 1 and with 2 worker threads, every region split however small."""
+    from cnncli.ops import _threads
+
+    monkeypatch.setattr(_threads, "MIN_PARALLEL_WORK", 0)
+    _threads.set_workers(request.param)
+    yield request.param
+    _threads.set_workers(None)

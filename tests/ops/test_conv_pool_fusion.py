@@ -8,15 +8,7 @@ import numpy as np
 import pytest
 
 from cnncli.errors import ShapeMismatchError
-from cnncli.ops import _threads, conv, pool
-
-
-@pytest.fixture(params=[1, 2], ids=lambda n: f"{n}-workers")
-def workers(request, monkeypatch):
-    monkeypatch.setattr(_threads, "MIN_PARALLEL_WORK", 0)
-    _threads.set_workers(request.param)
-    yield request.param
-    _threads.set_workers(None)
+from cnncli.ops import conv, pool
 
 
 def _separate(x, w, b, dy, need_dx=True):

@@ -14,7 +14,7 @@ from cnncli.ops import reference as ref
 
 @pytest.fixture(params=[1, 2, 3], ids=lambda n: f"{n}-workers")
 def workers(request, monkeypatch):
-    """Run with n workers and no minimum work, so that even tiny inputs are split."""
+    """conftest's ``workers`` with 3 workers too (uneven splits)."""
     monkeypatch.setattr(_threads, "MIN_PARALLEL_WORK", 0)
     _threads.set_workers(request.param)
     yield request.param

@@ -7,17 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cnncli.ops import _threads, conv
+from cnncli.ops import conv
 from cnncli.ops import reference as ref
-
-
-@pytest.fixture(params=[1, 2], ids=lambda n: f"{n}-workers")
-def workers(request, monkeypatch):
-    monkeypatch.setattr(_threads, "MIN_PARALLEL_WORK", 0)
-    _threads.set_workers(request.param)
-    yield request.param
-    _threads.set_workers(None)
-
 
 SHAPES = [(3, 16, 20, 8, 8), (2, 17, 16, 7, 9), (5, 16, 24, 5, 4), (1, 18, 16, 1, 1),
           (2, 16, 16, 2, 3)]
