@@ -565,6 +565,15 @@ def _forward_core(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, g: ConvGeo
     return y
 
 
+def _sum_parts(arrays: list[np.ndarray]) -> np.ndarray:
+    """The per-part results of a batch split, summed in part order (deterministic for a
+    given thread count), into a new C-contiguous array."""
+    total = np.array(arrays[0], order="C", copy=True)
+    for a in arrays[1:]:
+        total += a
+    return total
+
+
 def _fuses_act_grad(g: ConvGeometry, c: int, k: int) -> bool:
     """Whether _backward_core takes ``act_y`` for this layer: the im2col + GEMM path with
     a GEMM weight gradient (not dense/pointwise, per-image batched or direct)."""
@@ -720,10 +729,7 @@ def _backward_core(x, dy, w, g: ConvGeometry, need_dx: bool, need_dw: bool, prep
 
     results = _threads.over_batch(part, n, work=2 * dy.size * w2.shape[1])
     if need_dw:
-        dw = np.ascontiguousarray(results[0][1])
-        for _, dwp in results[1:]:
-            dw += dwp
-        dw = dw.reshape(w.shape)
+        dw = _sum_parts([dwp for _, dwp in results]).reshape(w.shape)
     return dx, dw, [e for e, _ in results]
 
 
@@ -769,10 +775,7 @@ def _backward_batched(x, dy, w2, g: ConvGeometry, need_dx: bool, need_dw: bool, 
     results = _threads.over_batch(part, n, work=2 * dy.size * r)
     dw = None
     if need_dw:
-        dw = np.ascontiguousarray(results[0][1])
-        for _, dwp in results[1:]:
-            dw += dwp
-        dw = dw.reshape(w_shape)
+        dw = _sum_parts([dwp for _, dwp in results]).reshape(w_shape)
     return dx, dw, [e for e, _ in results]
 
 
@@ -846,13 +849,7 @@ def conv2d_backward(
             y = np.ascontiguousarray(y)
             dx, dw, parts = _backward_core(x, dy, w, g, need_dx, True,
                                            act_y=(name, y, has_bias))
-            db = None
-            if has_bias:
-                acc = parts[0].copy()
-                for p in parts[1:]:
-                    acc += p
-                db = acc.astype(x.dtype)
-            return dx, dw, db
+            return dx, dw, _sum_parts(parts).astype(x.dtype) if has_bias else None
         dz = np.empty_like(dy)
 
         def prep(lo: int, hi: int):
@@ -867,12 +864,7 @@ def conv2d_backward(
     else:
         dz = dy
     dx, dw, parts = _backward_core(x, dz, w, g, need_dx, True, prep)
-    db = None
-    if has_bias:
-        db = parts[0].copy()
-        for p in parts[1:]:
-            db += p
-    return dx, dw, db
+    return dx, dw, _sum_parts(parts) if has_bias else None
 
 
 # ---------------------------------------------------------------------------------------
@@ -952,13 +944,7 @@ def conv2d_relu_maxpool2_backward(dy: np.ndarray, cache: ConvPoolCache, *,
                                  "argmax=False (inference)")
     dx, dw, parts = _backward_core(x, dy, w, g, need_dx, True,
                                    act_y=(RELU_MAXPOOL2, (cache.y, cache.idx), has_bias))
-    db = None
-    if has_bias:
-        acc = parts[0].copy()
-        for p in parts[1:]:
-            acc += p
-        db = acc.astype(x.dtype)
-    return dx, dw, db
+    return dx, dw, _sum_parts(parts).astype(x.dtype) if has_bias else None
 
 
 # ---------------------------------------------------------------------------------------
