@@ -81,6 +81,7 @@ def shape_report(network: Network, batch: int = 1) -> dict[str, Any]:
             "convention": MAC_CONVENTION,
         },
         "warnings": list(network.warnings),
+        "notes": list(network.notes),
     }
 
 

@@ -41,6 +41,7 @@ class Network:
     input: Shape
     nodes: list[Node]
     warnings: list[str]
+    notes: list[str] = field(default_factory=list)  # see layers.base.Context
 
     @property
     def output(self) -> Shape:
@@ -273,4 +274,4 @@ def resolve(spec: Spec, input_shape: Shape | None = None) -> Network:
         nodes, _, _ = resolve_sequence(spec.layers, shape, RF((1, 1), (1.0, 1.0)), ctx)
     except SpecError as exc:
         raise exc.located(file=spec.file) from None
-    return Network(spec, shape, nodes, ctx.warnings)
+    return Network(spec, shape, nodes, ctx.warnings, ctx.notes)

@@ -42,7 +42,7 @@ def one(layer: dict | str, input: list[int]) -> dict:
     """The report row of a one-layer network."""
     report = shapes({"name": "t", "input": input, "layers": [layer]})
     assert len(report["layers"]) == 1
-    return report["layers"][0] | {"warnings": report["warnings"]}
+    return report["layers"][0] | {"warnings": report["warnings"], "notes": report["notes"]}
 
 
 def conv(**kw) -> dict:
@@ -419,13 +419,32 @@ def test_floor_drop_warning_for_pooling_and_not_in_ceil_mode():
     assert one({"pool": {"size": 2, "ceil": True}}, [7, 7, 1])["output"] == [4, 4, 1]
 
 
-def test_floor_drop_warning_when_only_padding_is_dropped():
+def test_floor_dropping_only_padding_is_a_note_not_a_warning():
     # ResNet's stem: (224 + 2*3 - 7) = 223 is odd, but the dropped column is padding
     row = one(conv(kernel=7, stride=2, padding=3), [224, 224, 3])
     assert row["output"] == [112, 112, 6]
-    (w,) = row["warnings"]
-    assert "(224 + 2*3 - 7) = 223 is not divisible by stride 2" in w
-    assert "padding" in w
+    assert row["warnings"] == []
+    (n,) = row["notes"]
+    assert "layer 'conv1'" in n
+    assert "(224 + 2*3 - 7) = 223 is not divisible by stride 2" in n
+    assert "1 row and column of zero padding (no input is lost)" in n
+    assert f"note: {n.split(': ', 1)[1]}" in row["explain"]  # shown by --explain
+
+
+def test_floor_drop_inside_a_stride_gap_is_a_note():
+    # ResNet's 1x1 stride-2 shortcut on 56: rows 1, 3, ..., 55 are skipped by design
+    row = one(conv(kernel=1, stride=2), [56, 56, 4])
+    assert row["output"] == [28, 28, 6]
+    assert row["warnings"] == []
+    (n,) = row["notes"]
+    assert "drops the last 1 row and column of the input" in n and "by design" in n
+    # but a remainder larger than the gap is lost input: a warning
+    row = one(conv(kernel=1, stride=3), [57, 57, 4])  # (57 - 1) % 3 = 2 = the gap: note
+    assert row["warnings"] == [] and len(row["notes"]) == 1
+    row = one(conv(kernel=2, stride=3), [57, 57, 4])  # (57 - 2) % 3 = 1 = the gap: note
+    assert row["warnings"] == [] and len(row["notes"]) == 1
+    row = one(conv(kernel=2, stride=4), [57, 57, 4])  # (57 - 2) % 4 = 3 > gap 2: warning
+    assert len(row["warnings"]) == 1 and row["notes"] == []
 
 
 @prop
@@ -437,12 +456,16 @@ def test_floor_drop_warning_when_only_padding_is_dropped():
 def test_warning_iff_floor_drops_something(size, f, s):
     row = one(conv(kernel=f, stride=s), [size, size, 1])
     dropped = arith.conv_dropped(size, f, s, 0)
+    messages = row["warnings"] + row["notes"]
     if dropped == 0:
-        assert row["warnings"] == []
+        assert messages == []
     else:
-        (w,) = row["warnings"]
+        (m,) = messages
         word = "row and column" if dropped == 1 else "rows and columns"
-        assert f"the last {dropped} {word}" in w
+        assert f"the last {dropped} {word}" in m
+        # a note exactly when the dropped rows lie in the gap a kernel smaller than the
+        # stride leaves after every window anyway
+        assert (m in row["notes"]) == (dropped <= s - f)
 
 
 def test_no_warnings_when_everything_divides():

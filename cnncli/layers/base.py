@@ -90,17 +90,30 @@ class Node:
 
 
 class Context:
-    """Collects warnings while a spec is resolved; knows the source file for messages."""
+    """Collects warnings and notes while a spec is resolved; knows the source file for messages.
+
+    Warnings (printed on stderr) are for what may surprise: input that is never read, an
+    implicit flatten. Notes are for arithmetic worth knowing that loses nothing (floor dropping
+    zero padding, as in ResNet's stride-2 layers); they go to the report and the layer's
+    ``--explain`` lines, not to stderr, so that classic architectures print no noise.
+    """
 
     def __init__(self, file: str | None = None) -> None:
         self.file = file
         self.warnings: list[str] = []
+        self.notes: list[str] = []
 
-    def warn(self, layer: Layer, message: str) -> None:
+    def _where(self, layer: Layer) -> str:
         where = ""
         if self.file:
             where = f"{self.file}:{layer.line}: " if layer.line else f"{self.file}: "
-        self.warnings.append(f"{where}layer '{layer.path}': {message}")
+        return f"{where}layer '{layer.path}': "
+
+    def warn(self, layer: Layer, message: str) -> None:
+        self.warnings.append(self._where(layer) + message)
+
+    def note(self, layer: Layer, message: str) -> None:
+        self.notes.append(self._where(layer) + message)
 
 
 class Layer:
@@ -163,18 +176,19 @@ class Layer:
         return {p.name: self.cfg[p.name] for p in self.params_spec}
 
 
-def warn_dropped(ctx: Context, layer: Layer, pending: list[tuple]) -> None:
-    """Warn where (W + 2P - F) is not divisible by S: floor() leaves rows/columns unread.
+def warn_dropped(ctx: Context, layer: Layer, pending: list[tuple], lines: list[str]) -> None:
+    """Report where (W + 2P - F) is not divisible by S: floor() leaves rows/columns unread.
 
     ``pending`` holds (axis, size, padding, kernel extent, stride, dropped) per axis. The
     unread positions sit at the end of the padded input, so the first P of them are zero
-    padding: the warning says how many real rows/columns are lost (often none).
-    Equal arithmetic on both axes gives one warning for "rows and columns".
+    padding. When input rows/columns are lost it is a warning; when only padding is, a note
+    (also appended to the layer's explain ``lines``). Equal arithmetic on both axes gives one
+    message for "rows and columns".
     """
     if not pending:
         return
 
-    def msg(word: str, size: int, p: int, f: int, s: int, dropped: int) -> str:
+    def report(word: str, size: int, p: int, f: int, s: int, dropped: int) -> None:
         real = max(0, dropped - p)
 
         def n(k: int) -> str:
@@ -182,17 +196,29 @@ def warn_dropped(ctx: Context, layer: Layer, pending: list[tuple]) -> None:
             return f"{k} {word if k == 1 else plural}"
 
         head = f"({size} + 2*{p} - {f}) = {size + 2 * p - f} is not divisible by stride {s}: floor "
-        if real == dropped:
-            return head + f"drops the last {n(real)} of the input (never read)"
-        if real == 0:
-            return head + f"drops {n(dropped)} of zero padding (no input is lost)"
-        return head + f"drops the last {n(real)} of the input and {n(dropped - real)} of padding"
+        if real == 0 or (f < s and dropped <= s - f):
+            if real == 0:
+                message = head + f"drops {n(dropped)} of zero padding (no input is lost)"
+            else:  # e.g. ResNet's 1x1 stride-2 shortcut: every other row is skipped anyway
+                message = head + (
+                    f"drops the last {n(real)} of the input, one of the gaps that kernel {f} < "
+                    f"stride {s} leaves by design (it reads {f} of every {s})"
+                )
+            ctx.note(layer, message)
+            lines.append(f"note: {message}")
+        elif real == dropped:
+            ctx.warn(layer, head + f"drops the last {n(real)} of the input (never read)")
+        else:
+            ctx.warn(
+                layer,
+                head + f"drops the last {n(real)} of the input and {n(dropped - real)} of padding",
+            )
 
     if len(pending) == 2 and pending[0][1:] == pending[1][1:]:
-        ctx.warn(layer, msg("row and column", *pending[0][1:]))
+        report("row and column", *pending[0][1:])
         return
     for axis, *rest in pending:
-        ctx.warn(layer, msg("row" if axis == "H" else "column", *rest))
+        report("row" if axis == "H" else "column", *rest)
 
 
 def size_lines(lines: list[str]) -> list[str]:

@@ -140,8 +140,8 @@ class Conv(_ConvBase):
                 pending.append((axis, size, p, keff, s, dropped))
             out.append(o)
             lines.append(f"{axis}2 = floor(({size} + 2*{p} - {fs})/{s}) + 1 = {o}")
-        warn_dropped(ctx, self, pending)
         lines = size_lines(lines)
+        warn_dropped(ctx, self, pending, lines)
         cg = c // g
         kh, kw = self.kernel
         params = {"weight": (k, cg, kh, kw)}

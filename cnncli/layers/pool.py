@@ -65,8 +65,8 @@ class Pool(Layer):
             if dropped and not self.ceil:
                 pending.append((axis, size, p, f, s, dropped))
             out.append(o)
-        warn_dropped(ctx, self, pending)
         lines = size_lines(lines)
+        warn_dropped(ctx, self, pending, lines)
         lines.append(
             f"y = {_FORMULA[self.mode]} over each {self.size[0]}x{self.size[1]} window; "
             "no parameters"
