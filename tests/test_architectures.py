@@ -147,6 +147,19 @@ def test_published_architectures_resolve_without_warnings(path):
 
 
 @pytest.mark.parametrize("path", ARCH_FILES, ids=lambda p: p.stem)
+def test_training_section_is_a_valid_config(path):
+    from cnncli.spec import load_spec
+    from cnncli.train.config import TrainConfig, resolve_config
+
+    spec = load_spec(path)
+    cfg = resolve_config(spec.training, None, {})
+    for key, value in spec.training.items():
+        assert getattr(cfg, key) == value
+    if path.stem == "cifar_cnn":  # the LeNet-5 default lr 0.05 makes this ReLU net diverge
+        assert cfg.lr < TrainConfig().lr
+
+
+@pytest.mark.parametrize("path", ARCH_FILES, ids=lambda p: p.stem)
 def test_macs_within_one_percent(path):
     want = EXPECTED[path.stem]["macs"]
     totals = report(path.stem)["totals"]
