@@ -647,6 +647,7 @@ def warm_up() -> None:
             out = np.zeros((2, 2, 3), dtype)
             m = np.eye(3)[:2].copy()
             fill = np.zeros(3, dtype)
+            fill.setflags(write=False)  # as functional's cached fill vectors are
             for bilinear in (True, False):
                 warp_affine(src, m, out, fill, BORDER_CONSTANT, bilinear)
             box_reduce(src, 2, 2, out)
@@ -659,6 +660,7 @@ def warm_up() -> None:
             words.setflags(write=writable)
             out = np.zeros((2, 2), np.uint32)
             fill = np.zeros(channels, np.uint8)
+            fill.setflags(write=False)
             for bilinear in (True, False):
                 warp_affine_packed(words, np.eye(3)[:2].copy(), out, fill, 0, bilinear, channels)
             lut_sums_packed(words, np.zeros((channels, 256), np.int64))

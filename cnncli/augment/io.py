@@ -292,16 +292,19 @@ def encode_image(
     return buf.getvalue()
 
 
-def write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``.
 
     The temporary name is hidden (``.cnnaug-<pid>-<n>-<name>.tmp``) and created with
-    ``O_EXCL``; permissions follow the umask like any new file.
+    ``O_EXCL``; permissions follow the umask like any new file. Names are plain strings
+    (``os.path``): this runs once per output, and ``pathlib`` costs a few microseconds more.
     """
-    path = Path(path)
+    path = os.fspath(path)
+    folder, name = os.path.split(path)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
     while True:
-        tmp = path.parent / f"{TEMP_PREFIX}{os.getpid()}-{next(_COUNTER)}-{path.name}{TEMP_SUFFIX}"
+        hidden = f"{TEMP_PREFIX}{os.getpid()}-{next(_COUNTER)}-{name}{TEMP_SUFFIX}"
+        tmp = os.path.join(folder, hidden)
         try:
             fd = os.open(tmp, flags, 0o666)
             break

@@ -228,12 +228,16 @@ def _merge_settings(have: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]
 def _warp_run(
     img: np.ndarray, steps: Sequence[tuple[Op, Mapping[str, Any]]], settings: dict
 ) -> np.ndarray:
-    shape: Shape = tuple(img.shape)  # type: ignore[assignment]
+    shape: Shape = img.shape  # type: ignore[assignment]
     in_shape = shape
-    matrix = np.eye(3)
+    # Start from the first op's matrix rather than np.eye(3) @ it: one product less, and the
+    # same numbers (a product with the identity can at most turn -0.0 into 0.0).
+    matrix: np.ndarray | None = None
     for op, rec in steps:
-        matrix = matrix @ op.matrix(rec, shape)  # type: ignore[attr-defined]
+        step = op.matrix(rec, shape)  # type: ignore[attr-defined]
+        matrix = step if matrix is None else matrix @ step
         shape = op.output_shape(rec, shape)
+    assert matrix is not None
     exact = _exact_slices(matrix, in_shape, shape)
     if exact is not None:  # a copy; RGB held 4 bytes per pixel stays so (see F.warp_affine)
         padded = rgbx_base(img)
@@ -246,8 +250,7 @@ def _warp_run(
 
 def _exact_slices(matrix: np.ndarray, in_shape: Shape, out_shape: Shape) -> tuple | None:
     """Index slices equivalent to ``matrix`` when it only flips and crops by whole pixels."""
-    a, b, tx = matrix[0]
-    d, e, ty = matrix[1]
+    (a, b, tx), (d, e, ty) = matrix[:2].tolist()  # Python floats: cheaper to compare
     if b != 0 or d != 0 or abs(a) != 1 or abs(e) != 1 or tx != round(tx) or ty != round(ty):
         return None
     (h, w), (oh, ow) = in_shape[:2], out_shape[:2]

@@ -507,6 +507,10 @@ def _finish(summary: Summary, results: list[SourceResult], out: Path, pipeline: 
     pipeline.save(out / PIPELINE_FILE)
 
 
+# What ``json.dumps(x, separators=(",", ":"))`` uses, made once instead of per call.
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
+
+
 def write_manifests(out: Path, records: list[OutputRecord]) -> None:
     """``manifest.csv`` (ops as a JSON column) and ``manifest.jsonl``, one row per output."""
     buf = io.StringIO()
@@ -514,17 +518,16 @@ def write_manifests(out: Path, records: list[OutputRecord]) -> None:
     writer.writerow(["output", "source", "index", "width", "height", "ops"])
     lines = []
     for r in records:
-        ops = json.dumps(r.ops, separators=(",", ":"))
+        ops = _COMPACT_JSON.encode(r.ops)
         writer.writerow([r.output, r.source, r.index, r.width, r.height, ops])
-        head = json.dumps(
+        head = _COMPACT_JSON.encode(
             {
                 "output": r.output,
                 "source": r.source,
                 "index": r.index,
                 "width": r.width,
                 "height": r.height,
-            },
-            separators=(",", ":"),
+            }
         )
         lines.append(f'{head[:-1]},"ops":{ops}}}')
     write_atomic(out / MANIFEST_CSV, buf.getvalue().encode("utf-8"))

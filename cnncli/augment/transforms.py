@@ -315,7 +315,9 @@ def _short_value(value: Any) -> str:
 
 
 def _uniform(rng: np.random.Generator, low: float, high: float) -> float:
-    return float(rng.uniform(low, high)) if high > low else float(low)
+    """``rng.uniform(low, high)`` at a third of the cost: NumPy computes exactly
+    ``low + (high - low) * rng.random()`` in doubles, so the draws are the same numbers."""
+    return low + (high - low) * rng.random() if high > low else float(low)
 
 
 # --------------------------------------------------------------------------- geometric ops
@@ -459,9 +461,10 @@ class RandomResizedCrop(GeometricOp):
     def sample(self, rng: np.random.Generator, shape: Shape) -> dict[str, Any]:
         h, w = shape[0], shape[1]
         total = h * w
+        area_lo, area_hi = self["area"]
         lo, hi = (math.log(r) for r in self["ratio"])
         for _ in range(10):
-            target = total * _uniform(rng, *self["area"])
+            target = total * _uniform(rng, area_lo, area_hi)
             aspect = math.exp(_uniform(rng, lo, hi))
             cw = round(math.sqrt(target * aspect))
             ch = round(math.sqrt(target / aspect))

@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 import cnncli.cli.main  # noqa: F401  (registers the commands)
 from cnncli.augment.io import encode_image, output_format, read_image
 from cnncli.augment.pipeline import Pipeline
+from cnncli.augment.runner import OutputRecord, write_manifests
 from cnncli.augment.transforms import OPS
 from cnncli.cli.app import app
 
@@ -95,6 +96,19 @@ def test_manifest_records_source_and_exact_parameters(photo_tree, tmp_path):
         assert (photo_tree / line["source"]).is_file()
     saved = Pipeline.load(out / "pipeline.yaml")
     assert saved.seed == 5 and saved.short() == Pipeline.load(out / "pipeline.yaml").short()
+
+
+def test_manifest_lines_are_compact_json_dumps(tmp_path):
+    """The bytes of a manifest line, non-ASCII and quotes in names included."""
+    ops = [{"op": "rotate", "applied": True, "angle": -3.25}, {"op": "flip", "applied": False}]
+    rec = OutputRecord('ä "q"/x_0.jpg', 'ä "q"/x.jpg', 0, 224, 200, ops)
+    write_manifests(tmp_path, [rec])
+    compact = {"separators": (",", ":")}
+    head = {"output": rec.output, "source": rec.source, "index": 0, "width": 224, "height": 200}
+    line = f'{json.dumps(head, **compact)[:-1]},"ops":{json.dumps(ops, **compact)}}}\n'
+    assert (tmp_path / "manifest.jsonl").read_text(encoding="utf-8") == line
+    rows = list(csv.reader(io.StringIO((tmp_path / "manifest.csv").read_text(encoding="utf-8"))))
+    assert rows[1] == [rec.output, rec.source, "0", "224", "200", json.dumps(ops, **compact)]
 
 
 def test_any_output_can_be_reproduced_from_the_manifest(photo_tree, tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -171,6 +173,26 @@ def test_sixteen_bit_images_keep_their_range():
     assert F.adjust_brightness(ramp, 0.5).max() == round(ramp.max() * 0.5)
 
 
+def test_rotation_matrix_is_the_documented_product_bit_for_bit():
+    """Centre shifts made once per size must leave every bit of the matrix as it was."""
+    for shape in ((64, 80, 3), (233, 311, 3), (1, 1, 1)):
+        h, w = shape[:2]
+        for angle in (0.0, -15.0, 7.3, 90.0):
+            c, s = math.cos(math.radians(angle)), math.sin(math.radians(angle))
+            rot = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+            want = F.translation(w / 2, h / 2) @ rot @ F.translation(-w / 2, -h / 2)
+            assert F.rotation_matrix(shape, angle).tobytes() == want.tobytes()
+
+
+def test_warp_fill_is_made_once_and_equals_fill_vector():
+    for dtype in (np.dtype(np.uint8), np.dtype(np.uint16)):
+        for channels in (1, 2, 3, 4):
+            vec = F._warp_fill(channels, 200, dtype)
+            assert vec is F._warp_fill(channels, 200, dtype) and not vec.flags.writeable
+            assert vec.dtype == dtype
+            np.testing.assert_array_equal(vec, F.fill_vector(channels, 200, dtype))
+
+
 # --------------------------------------------------------------------------- colour
 
 
@@ -262,3 +284,21 @@ def test_cutout_paints_boxes_clipped_to_the_image(rgb):
     out = F.cutout(rgb, [[-5, -5, 10, 10], [60, 70, 20, 20]], fill=7)
     assert (out[:5, :5] == 7).all() and (out[60:, 70:] == 7).all()
     np.testing.assert_array_equal(out[5:60, 5:70], rgb[5:60, 5:70])
+
+
+@pytest.mark.parametrize("top", [255, 65535])
+def test_tables_are_clip_of_floor_x_plus_half(top):
+    """Every entry of every table op equals ``clip(floor(x + 0.5), 0, top)`` of its formula
+    computed the obvious way: halves, negatives and overflows included."""
+    ramp = np.arange(top + 1, dtype=np.float64)
+
+    def want(values: np.ndarray) -> np.ndarray:
+        return np.clip(np.floor(values + 0.5), 0, top).astype(np.int64)
+
+    for factor in (0.0, 0.5, 0.999, 1.0, 1.001, 1.5, 2.0, 1e300):
+        np.testing.assert_array_equal(F.brightness_lut(factor, top), want(ramp * factor))
+        for mean in (0.0, top / 3, top - 0.5):
+            got = F.contrast_lut(factor, mean, top)
+            np.testing.assert_array_equal(got, want((ramp - mean) * factor + mean))
+    for offset in (-top - 1.0, -0.5, 0.5, 2.5, top + 0.5):
+        np.testing.assert_array_equal(F.offset_lut(offset, top), want(ramp + offset))

@@ -117,6 +117,14 @@ def test_write_atomic_replaces_and_leaves_no_temp_files(tmp_path):
     assert oct(target.stat().st_mode & 0o777) != oct(0o600)  # not mkstemp's private mode
 
 
+def test_write_atomic_takes_string_and_bare_file_names(tmp_path, monkeypatch):
+    write_atomic(str(tmp_path / "a.bin"), b"a")
+    monkeypatch.chdir(tmp_path)
+    write_atomic("b.bin", b"b")  # no folder part: the temporary file goes to the current one
+    assert (tmp_path / "a.bin").read_bytes() == b"a" and (tmp_path / "b.bin").read_bytes() == b"b"
+    assert sorted(os.listdir(tmp_path)) == ["a.bin", "b.bin"]
+
+
 def test_other_formats_round_trip(tmp_path):
     pixels, meta = read_image(PHOTOS / "cat" / "chelsea_crop_face.jpg")
     for fmt in ("BMP", "TIFF", "WEBP"):

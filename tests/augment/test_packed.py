@@ -130,6 +130,15 @@ def test_compose_luts_applies_second_after_first():
     )
 
 
+@pytest.mark.parametrize("channels", [1, 2, 3, 4])
+@pytest.mark.parametrize("n", [256, 65536])
+def test_compose_luts_for_every_channel_count_and_depth(channels, n):
+    rng = np.random.default_rng(channels)
+    first, second = rng.integers(0, n, (2, channels, n))
+    want = np.take_along_axis(second, first, axis=1)
+    np.testing.assert_array_equal(F.compose_luts(second, first), want)
+
+
 def _reference(pipe, img: np.ndarray, recs: list) -> np.ndarray:
     """The geometric ops as one warp by the NumPy twin, then the table ops one by one."""
     matrix, shape = np.eye(3), img.shape

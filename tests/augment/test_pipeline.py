@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
 from cnncli.augment.pipeline import PRESETS, Pipeline, parse_ops, preset, resolve_pipeline
-from cnncli.augment.transforms import PipelineError
+from cnncli.augment.transforms import PipelineError, _uniform
 
 
 def test_parse_the_issue_example():
@@ -161,3 +163,15 @@ def test_size_changes_propagate_to_later_sampling(rgb):
         recs = pipe.sample(np.random.default_rng(seed), rgb.shape)
         assert recs[1]["top"] <= 10 and recs[1]["left"] <= 10
         assert pipe.apply(rgb, recs).shape == (10, 10, 3)
+
+
+def test_uniform_draws_the_numbers_that_generator_uniform_draws():
+    """Sampling's shortcut for ``rng.uniform`` must not change one recorded value."""
+    ours, theirs = np.random.default_rng(3), np.random.default_rng(3)
+    ratios = (math.log(3 / 4), math.log(4 / 3))
+    ranges = [(-15.0, 15.0), (0.8, 1.2), (0.0, 1e-9), (-1e6, 1e6), ratios]
+    for _ in range(2000):
+        for low, high in ranges:
+            assert _uniform(ours, low, high) == float(theirs.uniform(low, high))
+    assert _uniform(ours, 2.0, 2.0) == 2.0  # an empty range draws nothing
+    assert ours.random() == theirs.random()
