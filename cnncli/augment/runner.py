@@ -319,23 +319,51 @@ def process_source(source: Source, ctx: _Context) -> SourceResult:
         if source.outputs:
             (ctx.out_root / source.outputs[0]).parent.mkdir(parents=True, exist_ok=True)
         rng = source_rng(st.seed, source.rel)
-        # All the sampling first: Python that runs back to back stays in the CPU caches that
-        # the kernels and the encoder flush.
         sampled = [ctx.pipeline.sample(rng, shape) for _ in source.outputs]  # type: ignore[arg-type]
-        for index, (out_rel, records) in enumerate(zip(source.outputs, sampled, strict=True)):
-            img = ctx.pipeline.apply(pixels, records)
-            data = encode_image(img, meta, fmt, quality=st.quality, png_level=st.png_level)
-            write_atomic(ctx.out_root / out_rel, data)
-            result.records.append(
-                OutputRecord(
-                    out_rel, source.rel, index, int(img.shape[1]), int(img.shape[0]), records
+        # Stage by stage over a group of outputs (all sampling, then every augmentation, every
+        # encoding, every write) rather than output by output: each stage's code and tables
+        # stay in the CPU caches that the others would flush (about 10% faster for small
+        # outputs). A group holds at most GROUP_BYTES of output pixels.
+        start = 0
+        for stop in _groups(ctx.pipeline, sampled, shape, pixels.itemsize):  # type: ignore[arg-type]
+            imgs = [ctx.pipeline.apply(pixels, records) for records in sampled[start:stop]]
+            blobs = [
+                encode_image(img, meta, fmt, quality=st.quality, png_level=st.png_level)
+                for img in imgs
+            ]
+            for index, img, data in zip(range(start, stop), imgs, blobs, strict=True):
+                out_rel = source.outputs[index]
+                write_atomic(ctx.out_root / out_rel, data)
+                h, w = int(img.shape[0]), int(img.shape[1])
+                result.records.append(
+                    OutputRecord(out_rel, source.rel, index, w, h, sampled[index])
                 )
-            )
+            start = stop
     except OSError as exc:
         result.failure = f"cannot write output: {exc.strerror or exc}"
     except Exception as exc:  # an image the ops cannot handle must not stop the run
         result.failure = f"augmentation failed: {type(exc).__name__}: {exc}"
     return result
+
+
+GROUP_BYTES = 8 << 20  # output pixels processed stage by stage at once (see process_source)
+
+
+def _groups(
+    pipeline: Pipeline, sampled: list[list[dict[str, Any]]], shape: tuple[int, ...], itemsize: int
+) -> list[int]:
+    """End indices of consecutive groups of outputs, each within GROUP_BYTES of pixels (an
+    output larger than that is a group of its own)."""
+    ends, total = [], 0
+    for i, records in enumerate(sampled):
+        size = int(np.prod(pipeline.output_shape(records, shape))) * itemsize  # type: ignore[arg-type]
+        if total and total + size > GROUP_BYTES:
+            ends.append(i)
+            total = 0
+        total += size
+    if sampled:
+        ends.append(len(sampled))
+    return ends
 
 
 def _dry_check(source: Source, max_pixels: int) -> str | None:

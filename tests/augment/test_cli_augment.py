@@ -125,6 +125,34 @@ def test_any_output_can_be_reproduced_from_the_manifest(photo_tree, tmp_path):
         )
 
 
+def test_outputs_do_not_depend_on_how_they_are_grouped(photo_tree, tmp_path, monkeypatch):
+    """process_source works stage by stage over groups of outputs; one output per group (the
+    smallest budget) must give the same files and manifests as the default groups."""
+    from cnncli.augment import runner as run_mod
+
+    runs = []
+    for budget in (run_mod.GROUP_BYTES, 1):
+        monkeypatch.setattr(run_mod, "GROUP_BYTES", budget)
+        out = tmp_path / f"g{budget}"
+        result = cnn(photo_tree, "--out", out, "-n", 3, "--preset", "photos", "-j", 1)
+        assert result.exit_code == 0, result.stderr
+        runs.append(hashes(out))
+    assert runs[0] == runs[1]
+
+
+def test_groups_hold_at_most_the_budget_or_one_output(monkeypatch):
+    from cnncli.augment import runner as run_mod
+    from cnncli.augment.pipeline import parse_ops
+
+    pipe = parse_ops("resize(size=100)")  # every output 100 x 100 x 3 = 30,000 bytes
+    sampled = [pipe.sample(np.random.default_rng(i), (50, 60, 3)) for i in range(7)]
+    monkeypatch.setattr(run_mod, "GROUP_BYTES", 65_000)
+    assert run_mod._groups(pipe, sampled, (50, 60, 3), 1) == [2, 4, 6, 7]
+    monkeypatch.setattr(run_mod, "GROUP_BYTES", 10)  # smaller than one output: one each
+    assert run_mod._groups(pipe, sampled, (50, 60, 3), 1) == [1, 2, 3, 4, 5, 6, 7]
+    assert run_mod._groups(pipe, [], (50, 60, 3), 1) == []
+
+
 def test_same_seed_same_bytes_whatever_the_number_of_workers(photo_tree, tmp_path):
     before = hashes(photo_tree)
     runs = {}
