@@ -19,6 +19,12 @@ I/O share (the floor's share of our single-process time), and the reference figu
 this machine for albumentations 2.0.8 + OpenCV (2 threads inside OpenCV) and for Pillow's
 decode + encode only, from ../shared/reference/README.md. ``--repeat R`` keeps the best of R
 runs of each measurement, the measurements taking turns (the machine may be shared).
+
+``--opencv`` (needs ``opencv-python-headless``, not a dependency of cnncli) also times a lean
+OpenCV version of the same pipeline on one thread, with the floor's decode, encode and write:
+one ``cv2.warpAffine`` per output for flip + rotation + resized crop, ``cv2.LUT`` for
+brightness, a grey mean and a second ``cv2.LUT`` for contrast, no manifests. It shows what
+the same work costs over the floor with OpenCV's SIMD kernels and almost no Python around them.
 """
 
 from __future__ import annotations
@@ -79,6 +85,62 @@ def io_floor(files: list[Path], n: int, fmt: str, png_level: int, out: Path) -> 
     return time.perf_counter() - t0
 
 
+def opencv_lean(files: list[Path], n: int, fmt: str, png_level: int, out: Path) -> float:
+    """Seconds for the pipeline done the lean way with OpenCV kernels on one thread (see the
+    module docstring); parameters drawn as torchvision draws them, not as cnn augment does."""
+    import math
+
+    import cv2
+    import numpy as np
+    from PIL import Image
+
+    cv2.setNumThreads(1)
+    rng = np.random.default_rng(0)
+    ramp = np.arange(256, dtype=np.float64)
+    out.mkdir(parents=True)
+    t0 = time.perf_counter()
+    for f in files:
+        with Image.open(f) as im:
+            im.load()
+            src = np.asarray(im.convert("RGB"))
+        h, w = src.shape[:2]
+        imgs = []  # stage by stage, as cnn augment does: augment all, encode all, write all
+        for _ in range(n):
+            flip = rng.random() < 0.5
+            angle = math.radians(rng.uniform(-15.0, 15.0))
+            area = rng.uniform(0.8, 1.0) * h * w
+            ratio = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
+            cw = min(w, round(math.sqrt(area * ratio)))
+            ch = min(h, round(math.sqrt(area / ratio)))
+            top, left = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+            # output pixel -> crop box -> rotation about the centre -> mirror: one matrix
+            crop = np.array([[cw / 224, 0, left], [0, ch / 224, top], [0, 0, 1.0]])
+            c, s_ = math.cos(angle), math.sin(angle)
+            cx, cy = w / 2, h / 2
+            rot = np.array(
+                [[c, -s_, cx - c * cx + s_ * cy], [s_, c, cy - s_ * cx - c * cy], [0, 0, 1]]
+            )
+            mirror = np.array([[-1.0, 0, w - 1], [0, 1, 0], [0, 0, 1]]) if flip else np.eye(3)
+            m = (mirror @ rot @ crop)[:2]
+            img = cv2.warpAffine(src, m, (224, 224), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
+            fb = rng.uniform(0.8, 1.2)
+            img = cv2.LUT(img, np.clip(np.floor(ramp * fb + 0.5), 0, 255).astype(np.uint8))
+            fc, mean = rng.uniform(0.8, 1.2), cv2.cvtColor(img, cv2.COLOR_RGB2GRAY).mean()
+            table = np.clip(np.floor(mean + fc * (ramp - mean) + 0.5), 0, 255).astype(np.uint8)
+            imgs.append(cv2.LUT(img, table))
+        blobs = []
+        for img in imgs:
+            buf = io.BytesIO()
+            if fmt == "png":
+                Image.fromarray(img).save(buf, format="PNG", compress_level=png_level)
+            else:
+                Image.fromarray(img).save(buf, format="JPEG", quality=95)
+            blobs.append(buf.getvalue())
+        for i, data in enumerate(blobs):
+            write_atomic(out / f"{f.stem}_{i}.{fmt}", data)
+    return time.perf_counter() - t0
+
+
 def best_times(measures: list[Callable[[Path], float]], out: Path, repeat: int) -> list[float]:
     """Shortest of ``repeat`` timings (seconds) of each ``measure(out_folder)``, fresh folder
     each. The measures take turns, round by round, so that a neighbour's load on the shared
@@ -111,6 +173,9 @@ def main() -> None:
     ap.add_argument("--formats", default="png6,png1,jpg", help="comma list of png6,png1,jpg")
     ap.add_argument("--workers", default="1,2", help="worker counts to time (default 1,2)")
     ap.add_argument("--repeat", type=int, default=1, help="best of R runs (default 1)")
+    ap.add_argument(
+        "--opencv", action="store_true", help="also time a lean OpenCV version, 1 thread"
+    )
     args = ap.parse_args()
 
     folder = args.folder or next((d for d in DEFAULT_FOLDERS if d.is_dir()), None)
@@ -136,6 +201,8 @@ def main() -> None:
     print(f"pipeline: {PIPELINE}")
     header = f"{'format':<20}{'I/O floor':>10}" + "".join(f"{f'ours x{w}':>10}" for w in workers)
     header += f"{'x floor':>9}{'I/O share':>10}{'albument.':>10}{'ref floor':>10}"
+    if args.opencv:
+        header += f"{'OpenCV x1':>10}{'x floor':>9}"
     print(header + "   (images/s; albumentations uses 2 threads)")
     try:
         for key in args.formats.split(","):
@@ -146,10 +213,15 @@ def main() -> None:
             measures += [
                 partial(ours, src, n=args.n, fmt=fmt, png_level=level, workers=w) for w in workers
             ]
+            if args.opencv:
+                measures.append(partial(opencv_lean, files_in, args.n, fmt, level))
             floor, *rates = (outputs / t for t in best_times(measures, tmp / key, args.repeat))
+            cv = rates.pop() if args.opencv else None
             one = rates[workers.index(1)] if 1 in workers else float("nan")
             line = f"{label:<20}{floor:>10.0f}" + "".join(f"{r:>10.0f}" for r in rates)
             line += f"{floor / one:>8.2f}x{one / floor:>10.0%}{ref_alb:>10}{ref_floor:>10}"
+            if cv is not None:
+                line += f"{cv:>10.0f}{floor / cv:>8.2f}x"
             print(line, flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
