@@ -28,6 +28,7 @@ import errno
 import hashlib
 import io
 import json
+import math
 import multiprocessing as mp
 import os
 import struct
@@ -356,7 +357,7 @@ def _groups(
     output larger than that is a group of its own)."""
     ends, total = [], 0
     for i, records in enumerate(sampled):
-        size = int(np.prod(pipeline.output_shape(records, shape))) * itemsize  # type: ignore[arg-type]
+        size = math.prod(pipeline.output_shape(records, shape)) * itemsize  # type: ignore[arg-type]
         if total and total + size > GROUP_BYTES:
             ends.append(i)
             total = 0
