@@ -70,9 +70,11 @@ def time_cmd(
     input: Annotated[str | None, typer.Option("--input", "-i", help="Input HxWxC.")] = None,
     batch: Annotated[int, typer.Option(min=1, help="Batch size.")] = 64,
     iterations: Annotated[int, typer.Option(min=1, help="Timed forward+backward passes.")] = 10,
+    autotune: Annotated[bool, typer.Option("--autotune", help="Time each conv's candidate kernel paths first and keep the fastest (cached on disk).")] = False,
     format: Annotated[TableOrJson, typer.Option("--format", "-f")] = TableOrJson.table,
 ) -> None:
-    """Per-layer forward and backward times of a training step (like Caffe's time verb)."""
+    """Per-layer forward and backward times of a training step and the kernel path each
+    layer runs on (like Caffe's time verb and cuDNN's algorithm report)."""
     import json
 
     from cnncli.engine import build_model
@@ -80,6 +82,8 @@ def time_cmd(
     from cnncli.spec import parse_hwc
 
     model = build_model(spec, input_shape=parse_hwc(input) if input else None)
+    if autotune:
+        model.tune(batch, log=info)
     rep = time_layers(model, batch=batch, iterations=iterations)
     if format is TableOrJson.json:
         write_stdout(json.dumps(rep, indent=2))
@@ -88,15 +92,17 @@ def time_cmd(
 
     t = Table(title=f"{spec}: batch {batch}, mean of {iterations} iterations",
               title_justify="left")
-    for col in ("layer", "type", "forward ms", "backward ms"):
-        t.add_column(col, justify="left" if col in ("layer", "type") else "right")
+    for col in ("layer", "type", "path", "forward ms", "backward ms", "GFLOP/s"):
+        t.add_column(col, justify="left" if col in ("layer", "type", "path") else "right")
     for r in rep["layers"]:
+        name = "  " * r["depth"] + r["name"]
         if r["fused_into"]:
             inside = f"in {r['fused_into'].rsplit('.', 1)[-1]}"
-            t.add_row("  " * r["depth"] + r["name"], r["type"], inside, inside)
+            t.add_row(name, r["type"], "fused", inside, inside, "")
             continue
-        t.add_row("  " * r["depth"] + r["name"], r["type"], f"{r['forward_ms']:.3f}",
-                  f"{r['backward_ms']:.3f}")
+        gf = "" if r["gflops"] is None else f"{r['gflops']:.0f}"
+        t.add_row(name, r["type"], r["path"], f"{r['forward_ms']:.3f}",
+                  f"{r['backward_ms']:.3f}", gf)
     stdout.print(t)
     stdout.print(f"total {rep['total_ms']:.2f} ms per step, "
                  f"{rep['images_per_second']:,.0f} images/s (forward + backward)", highlight=False)

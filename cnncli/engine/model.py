@@ -14,9 +14,11 @@ from typing import Any
 
 import numpy as np
 
+from cnncli.engine.plan import build_plan
 from cnncli.errors import ShapeMismatchError
 from cnncli.layers.base import Node
 from cnncli.ops import _threads
+from cnncli.ops.options import DEFAULT, EngineOptions
 from cnncli.spec import Network, Spec, load_spec, resolve
 
 _SKIP_FOR_INIT = frozenset({"batchnorm", "dropout", "pool", "flatten", "lrn", "global_pool"})
@@ -24,7 +26,8 @@ _SKIP_FOR_INIT = frozenset({"batchnorm", "dropout", "pool", "flatten", "lrn", "g
 
 @dataclass
 class _Run:
-    """Per-call context handed to layers: mode, random source, and how to run children."""
+    """Per-pass context handed to layers: mode, random source, which part of the batch
+    this is, and how to run children (by the plan's steps)."""
 
     model: Model
     training: bool
@@ -36,64 +39,68 @@ class _Run:
     #: Where parameter gradients go (the model's dict; a part's own dict when the batch
     #: is split over threads, summed afterwards).
     grads: dict[str, np.ndarray] | None = None
+    #: This part's index, the number of parts, its first image and the whole batch size.
+    part: int = 0
+    parts: int = 1
+    lo: int = 0
+    n: int = 0
+    #: Where the parts meet (batchnorm statistics, dropout masks); None when not split.
+    rendezvous: _threads.Rendezvous | None = None
+    #: Weights prepared once per pass for all parts (Winograd transforms, cropped taps).
+    shared: Any = None
+    #: Per-node [forward, backward] seconds (``cnn time``); only the first part records.
+    timer: dict[str, list[float]] | None = None
+    trace: dict[str, tuple[int, ...]] | None = None
+
+    @property
+    def options(self) -> EngineOptions:
+        return self.model.options
+
+    def gather(self, key, value):
+        """Every part's ``value`` for ``key``, in part order (just [value] when unsplit)."""
+        if self.rendezvous is None:
+            return [value]
+        return self.rendezvous.gather(key, self.part, value)
 
     def run(self, nodes: list[Node], x: np.ndarray) -> tuple[np.ndarray, list]:
         caches = []
-        trace, timer = self.model.trace, self.model.timer
-        pairs = self.model.fused_pools()
-        inside = None  # the pool node that the previous conv ran in its own pass
-        for node in nodes:
-            if node is inside:
-                caches.append(_FUSED)
-                if trace is not None:
-                    trace[node.path] = tuple(x.shape)
-                continue
+        timer, trace = self.timer, self.trace
+        for step in self.model.plan.steps(nodes):
             t0 = perf_counter() if timer is not None else 0.0
-            inside = pairs.get(node.path)
-            state = self.model.state[node.path]
-            if inside is None:
-                x, cache = node.layer.forward(node, x, state, self)
-            else:
-                x, cache = node.layer.forward_pooled(node, x, state, self)
+            x, cache = step.forward(x, self)
             caches.append(cache)
             if timer is not None:
-                timer.setdefault(node.path, [0.0, 0.0])[0] += perf_counter() - t0
-            if trace is not None and inside is None:
-                trace[node.path] = tuple(x.shape)
-            elif trace is not None:  # x is the pool's output; the conv's is the report's
-                h, w, c = node.out_shape
-                trace[node.path] = (x.shape[0], c, h, w)
+                timer.setdefault(step.node.path, [0.0, 0.0])[0] += perf_counter() - t0
+            if trace is not None:
+                if step.covers and step.node.type == "conv":  # the conv's own output too
+                    h, w, c = step.node.out_shape
+                    trace[step.node.path] = (self.n, c, h, w)
+                for node in (step.node, *step.covers):
+                    if node is step.out_node or node.path not in trace:
+                        trace[node.path] = (self.n, *x.shape[1:])
         return x, caches
 
     def unrun(self, nodes: list[Node], dy: np.ndarray, caches: list) -> np.ndarray:
-        grads, timer = self.grads if self.grads is not None else self.model.grads, \
-            self.model.timer
-        for node, cache in zip(reversed(nodes), reversed(caches)):
-            if cache is _FUSED:  # the conv before it takes the pooled gradient
-                continue
-            state = self.model.state[node.path]
+        timer = self.timer
+        for step, cache in zip(reversed(self.model.plan.steps(nodes)), reversed(caches)):
             t0 = perf_counter() if timer is not None else 0.0
-            if node.layer.is_block:
-                dy = node.layer.backward(node, dy, cache, state, self)
-            else:
-                local: dict[str, np.ndarray] = {}
-                dy = node.layer.backward(node, dy, cache, state, local)
-                for k, g in local.items():
-                    grads[f"{node.path}.{k}"] = g
+            dy = step.backward(dy, cache, self)
             if timer is not None:
-                timer.setdefault(node.path, [0.0, 0.0])[1] += perf_counter() - t0
+                timer.setdefault(step.node.path, [0.0, 0.0])[1] += perf_counter() - t0
         return dy
 
 
 class Model:
-    """Arrays for every parameter and buffer of a network, and forward/backward over them.
+    """Arrays for every parameter and buffer of a network, its plan, and forward/backward.
 
     ``params`` and ``buffers`` map dotted names (``C1.weight``, ``layer1.0.bn1.running_mean``)
-    to arrays; ``grads`` gets the same keys as ``params`` after :meth:`backward`.
+    to arrays; ``grads`` gets the same keys as ``params`` after :meth:`backward`. ``plan``
+    holds each node's step (kernel path, fusions), made once from ``options``.
     """
 
     def __init__(self, network: Network, *, dtype: Any = np.float32, seed: int | None = 0,
-                 rng: np.random.Generator | None = None) -> None:
+                 rng: np.random.Generator | None = None,
+                 options: EngineOptions | None = None) -> None:
         self.network = network
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float64):
@@ -107,15 +114,16 @@ class Model:
         self._cache: list | None = None
         #: Set to a dict to record every node's output shape (N, ...) on the next forward.
         self.trace: dict[str, tuple[int, ...]] | None = None
-        #: Set to a dict to accumulate [forward, backward] seconds per node (``cnn time``).
+        #: Set to a dict to accumulate [forward, backward] seconds per node (``cnn time``;
+        #: with the batch split over threads, the first part's times).
         self.timer: dict[str, list[float]] | None = None
-        self._run: _Run | None = None
-        self._splittable_train: bool | None = None
-        self._fusion: tuple[tuple, dict[str, Node]] | None = None
-        self._splittable_eval: bool | None = None
+        self._runs: list[_Run] | None = None
+        self._ranges_run: list[tuple[int, int]] = []
         self.training_rng = np.random.default_rng(rng.integers(2**63))
         last = network.nodes[-1] if network.nodes else None
         self.softmax_head = _softmax_head(last)
+        self.options = options if options is not None else DEFAULT
+        self.plan = build_plan(network.nodes, self.dtype, self.options)
 
     # -- construction -----------------------------------------------------------------------
     def _init(self, nodes: list[Node], rng: np.random.Generator, after: str | None) -> None:
@@ -138,6 +146,23 @@ class Model:
             for k in node.buffers:
                 self.buffers[f"{node.path}.{k}"] = arrays[k]
 
+    def replan(self, options: EngineOptions | None = None, algos: dict | None = None) -> None:
+        """Make the plan again (other options, or conv paths from the autotuner)."""
+        if options is not None:
+            self.options = options
+        self.plan = build_plan(self.network.nodes, self.dtype, self.options, algos)
+        self.release()
+
+    def tune(self, batch: int, *, cache_file: Any = None, log: Any = None) -> dict:
+        """Time the candidate kernel paths of every conv at this batch size (cached on
+        disk) and plan with the fastest: ``cnn train --autotune``. Returns the table of
+        timings per conv (:func:`cnncli.engine.autotune.tune`)."""
+        from cnncli.engine.autotune import tune
+
+        algos, report = tune(self, batch, cache_file=cache_file, log=log)
+        self.replan(algos=algos)
+        return report
+
     # -- running ----------------------------------------------------------------------------
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -159,73 +184,56 @@ class Model:
             x = x.astype(self.dtype)
         if not np.isfinite(x).all():
             raise ShapeMismatchError("input: contains NaN or inf")
-        return x
+        return np.ascontiguousarray(x)
 
     def forward(self, x: np.ndarray, training: bool = False, *, logits: bool = False,
                 rng: np.random.Generator | None = None) -> np.ndarray:
         """Run the network. ``logits=True`` skips a final softmax (for the fused loss).
 
-        With several worker threads, a network whose layers treat every image on its own
-        (see :func:`_splittable`) runs the whole pass on contiguous parts of the batch in
-        parallel (``_threads.over_batch``; the layers' own splits then run serially inside
-        each part). The split depends only on the batch size and the thread count."""
+        With several worker threads the batch is cut into contiguous parts (at least
+        _PART_MIN images each), and each thread runs the whole pass on its part; layers
+        that need the whole batch (batchnorm's statistics in training, dropout's mask)
+        meet at a rendezvous and combine the parts' values in part order. The split
+        depends only on the batch size and the thread count, so results are
+        deterministic for a given thread count."""
         x = self.check_input(x)
         rng = rng if rng is not None else self.training_rng
         head = self.softmax_head if logits else None
         nodes = self.network.nodes
-        parts = self._parts(x.shape[0], training)
+        n = x.shape[0]
+        ranges = self._ranges(n)
+        rdv = _threads.Rendezvous(len(ranges)) if len(ranges) > 1 else None
+        from cnncli.ops.conv import PassCache
+
+        shared = PassCache()
+        runs = [_Run(self, training, rng, head, grads={}, part=i, parts=len(ranges), lo=lo,
+                     n=n, rendezvous=rdv, shared=shared,
+                     timer=self.timer if i == 0 else None,
+                     trace=self.trace if i == 0 else None)
+                for i, (lo, _) in enumerate(ranges)]
+
+        def part(lo: int, hi: int, p: int):
+            return runs[p].run(nodes, x[lo:hi])
+
         with _threads.engine_region():
-            if parts is None:
-                run = _Run(self, training, rng, head)
-                y, caches = run.run(nodes, x)
-                self._cache, self._run = caches, run
-                return y
-            runs = [_Run(self, training, rng, head, grads={}) for _ in range(parts)]
-
-            def part(lo: int, hi: int, p: int):
-                yp, caches = runs[p].run(nodes, x[lo:hi])
-                return lo, hi, yp, caches
-
-            results = _threads.over_batch(part, x.shape[0], _PART_MIN)
-            y0 = results[0][2]
-            y = np.empty((x.shape[0], *y0.shape[1:]), dtype=y0.dtype)
-            for lo, hi, yp, _ in results:
-                y[lo:hi] = yp
-        self._cache = [(lo, hi, runs[p], caches) for p, (lo, hi, _, caches) in enumerate(results)]
-        self._run = _SPLIT
+            results = _threads.run_parts(part, ranges,
+                                         on_error=rdv.abort if rdv is not None else None)
+        self._runs, self._ranges_run = runs, ranges
+        self._cache = [caches for _, caches in results]
+        if len(results) == 1:
+            return results[0][0]
+        y0 = results[0][0]
+        y = np.empty((n, *y0.shape[1:]), dtype=y0.dtype)
+        for (lo, hi), (yp, _) in zip(ranges, results):
+            y[lo:hi] = yp
         return y
 
-    def fused_pools(self) -> dict[str, Node]:
-        """conv path -> the max-pool node after it, for the pairs that run as one op
-        (``Conv.fuses_pool``: conv + ReLU + 2x2 max pooling on the Winograd path).
-        Recomputed when the ops' switches change (tests turn the fast paths off)."""
-        from cnncli.ops import conv
-
-        key = (conv.FUSE_RELU_MAXPOOL, conv.WINOGRAD, conv.WINOGRAD_DX, conv.WINOGRAD_DW,
-               conv.WINOGRAD_MIN_CHANNELS, conv.BATCHED_MAX_COLS)
-        if self._fusion is None or self._fusion[0] != key:
-            pairs: dict[str, Node] = {}
-            if conv.FUSE_RELU_MAXPOOL:
-                _find_pool_pairs(self.network.nodes, self.dtype, pairs)
-            self._fusion = (key, pairs)
-        return self._fusion[1]
-
-    def _parts(self, n: int, training: bool) -> int | None:
-        """How many parts to split a batch of ``n`` into at the model level (None: run the
-        network in one piece)."""
+    def _ranges(self, n: int) -> list[tuple[int, int]]:
+        """The parts a batch of ``n`` is cut into at the model level."""
         w = _threads.workers()
-        if w < 2 or self.timer is not None or self.trace is not None or n < 2 * _PART_MIN:
-            return None
-        ok = self._splittable_train if training else self._splittable_eval
-        if ok is None:
-            ok = _splittable(self.network.nodes, training)
-            if training:
-                self._splittable_train = ok
-            else:
-                self._splittable_eval = ok
-        if not ok:
-            return None
-        return len(_threads.split(n, min(w, n // _PART_MIN)))
+        if w < 2 or n < 2 * _PART_MIN:
+            return [(0, n)]
+        return _threads.split(n, min(w, n // _PART_MIN))
 
     def backward(self, dy: np.ndarray, *, input_grad: bool = True) -> np.ndarray | None:
         """Gradients of sum(y * dy) (y the last forward's output) into :attr:`grads`.
@@ -233,44 +241,49 @@ class Model:
         Returns the gradient with respect to the input; with ``input_grad=False`` (training
         needs only the parameter gradients) the first layer may skip it and None may be
         returned."""
-        if self._cache is None or self._run is None:
+        if self._cache is None or self._runs is None:
             raise RuntimeError("backward() needs a forward() first")
         self.grads.clear()
         skip = None if input_grad else _first_leaf(self.network.nodes)
         nodes = self.network.nodes
-        if self._run is not _SPLIT:
-            self._run.skip_input_grad = skip
-            with _threads.engine_region():
-                dx = self._run.unrun(nodes, dy, self._cache)
-            return dx if input_grad else None
-        pieces = self._cache
-        for _, _, run, _ in pieces:
+        runs, caches = self._runs, self._cache
+        if len(runs) > 1:
+            runs[0].rendezvous = rdv = _threads.Rendezvous(len(runs))
+            for run in runs[1:]:
+                run.rendezvous = rdv
+        for run in runs:
             run.skip_input_grad = skip
             run.grads = {}
+            run.timer = self.timer if run.part == 0 else None
+        ranges = self._ranges_run
 
         def part(lo: int, hi: int, p: int):
-            plo, phi, run, caches = pieces[p]
-            return run.unrun(nodes, dy[plo:phi], caches)
+            return runs[p].unrun(nodes, dy[lo:hi], caches[p])
 
         with _threads.engine_region():
-            dxs = _threads.over_batch(part, dy.shape[0], _PART_MIN)
+            dxs = _threads.run_parts(part, ranges, on_error=(
+                runs[0].rendezvous.abort if len(runs) > 1 else None))
         # gradients summed over the parts in part order (deterministic)
-        first = pieces[0][2].grads
-        for name, g in first.items():
+        for name, g in runs[0].grads.items():
+            if len(runs) == 1:
+                self.grads[name] = g
+                continue
             total = np.array(g, copy=True)
-            for _, _, run, _ in pieces[1:]:
+            for run in runs[1:]:
                 total += run.grads[name]
             self.grads[name] = total
         if not input_grad:
             return None
+        if len(dxs) == 1:
+            return dxs[0]
         dx = np.empty((dy.shape[0], *dxs[0].shape[1:]), dtype=dxs[0].dtype)
-        for (lo, hi, _, _), d in zip(pieces, dxs):
+        for (lo, hi), d in zip(ranges, dxs):
             dx[lo:hi] = d
         return dx
 
     def release(self) -> None:
         """Drop the forward caches (frees activation memory after evaluation)."""
-        self._cache = self._run = None
+        self._cache = self._runs = None
 
     # -- parameters by name -----------------------------------------------------------------
     def get(self, name: str) -> np.ndarray:
@@ -309,37 +322,6 @@ class Model:
 
 #: A batch is split at the model level only into parts of at least this many images.
 _PART_MIN = 8
-#: Marks a forward pass that ran split (``Model._cache`` then holds the parts).
-_SPLIT = object()
-#: Layers that mix images of a batch (or draw random numbers in order) in training mode.
-_BATCH_COUPLED_TRAIN = frozenset({"batchnorm", "dropout"})
-
-
-#: Cache entry of a pool node that ran inside the conv before it (Conv.forward_pooled).
-_FUSED = object()
-
-
-def _find_pool_pairs(nodes: list[Node], dtype: Any, pairs: dict[str, Node]) -> None:
-    """Add every conv -> next-node pair that ``Conv.fuses_pool`` accepts, in every block."""
-    for node, after in zip(nodes, nodes[1:]):
-        fuses = getattr(node.layer, "fuses_pool", None)
-        if fuses is not None and fuses(node, after, dtype):
-            pairs[node.path] = after
-    for node in nodes:
-        for children in (node.children or {}).values():
-            _find_pool_pairs(children, dtype, pairs)
-
-
-def _splittable(nodes: list[Node], training: bool) -> bool:
-    """True when every layer treats each image on its own, so that running parts of the
-    batch separately gives the same result (up to the order of the gradient sums)."""
-    for node in nodes:
-        if training and node.type in _BATCH_COUPLED_TRAIN:
-            return False
-        for children in (node.children or {}).values():
-            if not _splittable(children, training):
-                return False
-    return True
 
 
 def _first_leaf(nodes: list[Node]) -> str | None:
@@ -384,11 +366,13 @@ def _next_activation(rest: list[Node]) -> str | None:
 
 def build_model(source: str | Path | dict | Spec | Network, *, input_shape: tuple | None = None,
                 dtype: Any = np.float32, seed: int | None = 0,
-                rng: np.random.Generator | None = None) -> Model:
-    """Build a model from a spec path, YAML text, dict, :class:`Spec` or resolved network."""
+                rng: np.random.Generator | None = None,
+                options: EngineOptions | None = None) -> Model:
+    """Build a model from a spec path, YAML text, dict, :class:`Spec` or resolved network,
+    planned under ``options`` (default: every fast path)."""
     if isinstance(source, Network):
         network = source
     else:
         spec = source if isinstance(source, Spec) else load_spec(source, input_shape=input_shape)
         network = resolve(spec, input_shape)
-    return Model(network, dtype=dtype, seed=seed, rng=rng)
+    return Model(network, dtype=dtype, seed=seed, rng=rng, options=options)

@@ -12,10 +12,14 @@ from cnncli.engine.model import Model
 
 def time_layers(model: Model, batch: int = 64, iterations: int = 10, warmup: int = 2,
                 seed: int = 0) -> dict[str, Any]:
-    """Mean milliseconds per iteration for each node's forward and backward, and in total.
+    """Mean milliseconds per iteration for each node's forward and backward, and in total,
+    with the kernel path the model's plan chose for it (like cuDNN's algorithm report).
 
-    A pool that runs inside the conv before it (``Model.fused_pools``) has no time of its
-    own; its row names that conv in ``fused_into``."""
+    The batch is split over the worker threads as in training; the times are those of the
+    first part (the parts run at once). A node whose work another step does (a pool fused
+    into the conv before it, a ReLU into its batchnorm) has no time of its own; its row
+    names that step's node in ``fused_into``. ``gflops`` is the forward and backward
+    multiply-adds of conv and dense rows (2 FLOPs each, 3 products) per second."""
     c, h, w = model.input_shape
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((batch, c, h, w)).astype(model.dtype)
@@ -31,13 +35,18 @@ def time_layers(model: Model, batch: int = 64, iterations: int = 10, warmup: int
     total = perf_counter() - t0
     timer, model.timer = model.timer, None
     model.release()
-    inside = {pool.path: conv for conv, pool in model.fused_pools().items()}
     rows = []
     for node in (n for top in model.network.nodes for n in top.walk()):
         fwd, bwd = timer.get(node.path, (0.0, 0.0))
+        path, into = model.plan.describe(node.path)
+        fwd_ms, bwd_ms = 1e3 * fwd / iterations, 1e3 * bwd / iterations
+        flops = 6 * node.macs * batch
         rows.append({"name": node.path, "type": node.type, "depth": node.path.count("."),
-                     "forward_ms": 1e3 * fwd / iterations, "backward_ms": 1e3 * bwd / iterations,
-                     "fused_into": inside.get(node.path)})
+                     "path": path, "forward_ms": fwd_ms, "backward_ms": bwd_ms,
+                     "macs": node.macs,
+                     "gflops": (flops / (fwd_ms + bwd_ms) / 1e6
+                                if node.macs and fwd_ms + bwd_ms > 0 else None),
+                     "fused_into": into})
     return {"batch": batch, "iterations": iterations, "layers": rows,
             "total_ms": 1e3 * total / iterations,
             "images_per_second": batch * iterations / total}

@@ -145,8 +145,20 @@ class Residual(Block):
     def forward(self, node: Node, x: Any, state: dict, ctx: Any) -> tuple[Any, Any]:
         yb, cb = ctx.run(node.children["body"], x)
         ys, cs = ctx.run(node.children["shortcut"], x)
-        s = yb + ys if self.scale == 1.0 else yb + self.scale * ys
         act = self.cfg["activation"]
+        opts = getattr(ctx, "options", None)
+        if (act is not None and act[0] == "relu" and opts is not None and opts.fuse_add_act
+                and yb.shape == ys.shape and yb.dtype == ys.dtype):
+            import numpy as np
+
+            from cnncli.ops import _kernels as kern
+
+            y = np.empty_like(yb)
+            kern.add_relu(np.ascontiguousarray(yb).reshape(-1),
+                          np.ascontiguousarray(ys).reshape(-1), yb.dtype.type(self.scale),
+                          y.reshape(-1))
+            return y, (cb, cs, ("add+relu", y))
+        s = yb + ys if self.scale == 1.0 else yb + self.scale * ys
         if act is None:
             return s, (cb, cs, None)
         y, ca = act_forward(act, s)
@@ -155,7 +167,17 @@ class Residual(Block):
     def backward(self, node: Node, dy: Any, cache: Any, state: dict, ctx: Any) -> Any:
         cb, cs, ca = cache
         act = self.cfg["activation"]
-        ds = dy if act is None else act_backward(act, dy, ca)
+        if isinstance(ca, tuple) and ca[0] == "add+relu":
+            import numpy as np
+
+            from cnncli.ops import _kernels as kern
+
+            y = ca[1]
+            ds = np.empty_like(y)
+            kern.relu_backward(np.ascontiguousarray(dy).reshape(-1), y.reshape(-1),
+                               ds.reshape(-1))
+        else:
+            ds = dy if act is None else act_backward(act, dy, ca)
         dx = ctx.unrun(node.children["body"], ds, cb)
         ds_short = ds if self.scale == 1.0 else self.scale * ds
         return dx + ctx.unrun(node.children["shortcut"], ds_short, cs)

@@ -182,7 +182,17 @@ class Conv(_ConvBase):
             state["bias"] = zeros(node.params["bias"], dtype)
         return state
 
-    def forward(self, node: Node, x: Any, state: dict, ctx: Any) -> tuple[Any, Any]:
+    def algo(self, node: Node, dtype: Any, options: Any) -> Any:
+        """The kernel paths the cost rules pick for this node (ops.conv.choose)."""
+        from cnncli.ops import conv
+
+        h, w, c = node.in_shape
+        g = conv.geometry((h, w), node.params["weight"], self.stride, self.pad,
+                          self.dilation, self.groups)
+        return conv.choose(g, c, self.filters, dtype, options)
+
+    def forward(self, node: Node, x: Any, state: dict, ctx: Any, algo: Any = None
+                ) -> tuple[Any, Any]:
         from cnncli.ops import conv
 
         act = active(self.cfg.get("activation"), node, ctx)
@@ -196,6 +206,9 @@ class Conv(_ConvBase):
             self.dilation,
             self.groups,
             act=fused,
+            algo=algo,
+            options=getattr(ctx, "options", None),
+            shared=getattr(ctx, "shared", None),
         )
         if fused is not None:  # applied in the conv's output pass
             y, act_cache = z, ("fused", fused)
@@ -205,9 +218,9 @@ class Conv(_ConvBase):
         # gradient is wanted (not for the network's first layer during training).
         return y, (cache, act_cache, ctx, y)
 
-    def fuses_pool(self, node: Node, pool: Node, dtype: Any) -> bool:
+    def fuses_pool(self, node: Node, pool: Node, dtype: Any, options: Any = None) -> bool:
         """Whether this conv, its ReLU and the ``pool`` node right after it can run as one
-        op (ops.conv.conv2d_relu_maxpool2_*, the engine pairs them): a 2x2 stride-2 max
+        op (ops.conv.conv2d_relu_maxpool2_*, a plan step pairs them): a 2x2 stride-2 max
         pooling after a conv that takes the float32 Winograd path with an even output."""
         from cnncli.ops import conv
 
@@ -219,14 +232,15 @@ class Conv(_ConvBase):
             return False
         h, w, c = node.in_shape
         return conv.fuses_relu_maxpool2((c, h, w), node.params["weight"], self.stride,
-                                        self.pad, self.dilation, self.groups, dtype)
+                                        self.pad, self.dilation, self.groups, dtype, options)
 
     def forward_pooled(self, node: Node, x: Any, state: dict, ctx: Any) -> tuple[Any, Any]:
         """Forward through this conv, its ReLU and the max pooling after it (fuses_pool)."""
         from cnncli.ops import conv
 
         y, cache = conv.conv2d_relu_maxpool2_forward(
-            x, state["weight"], state.get("bias"), argmax=bool(getattr(ctx, "training", True)))
+            x, state["weight"], state.get("bias"), argmax=bool(getattr(ctx, "training", True)),
+            options=getattr(ctx, "options", None), shared=getattr(ctx, "shared", None))
         return y, _PooledCache(cache, ctx)
 
     def backward(self, node: Node, dy: Any, cache: Any, state: dict, grads: dict) -> Any:
@@ -234,20 +248,22 @@ class Conv(_ConvBase):
 
         if isinstance(cache, _PooledCache):  # dy is the pooled gradient (forward_pooled)
             need_dx = getattr(cache.ctx, "skip_input_grad", None) != node.path
-            dx, dw, db = conv.conv2d_relu_maxpool2_backward(dy, cache.op, need_dx=need_dx)
+            dx, dw, db = conv.conv2d_relu_maxpool2_backward(
+                dy, cache.op, need_dx=need_dx, shared=getattr(cache.ctx, "shared", None))
             grads["weight"] = dw
             if db is not None:
                 grads["bias"] = db
             return dx
         conv_cache, act_cache, ctx, y = cache
         need_dx = getattr(ctx, "skip_input_grad", None) != node.path
+        shared = getattr(ctx, "shared", None)
         if act_cache[0] == "fused":
             dx, dw, db = conv.conv2d_backward(
-                dy, conv_cache, need_dx=need_dx, act=(act_cache[1], y)
+                dy, conv_cache, need_dx=need_dx, act=(act_cache[1], y), shared=shared
             )
         else:
             dz = self.backward_pre(dy, act_cache)
-            dx, dw, db = conv.conv2d_backward(dz, conv_cache, need_dx=need_dx)
+            dx, dw, db = conv.conv2d_backward(dz, conv_cache, need_dx=need_dx, shared=shared)
         grads["weight"] = dw
         if db is not None:
             grads["bias"] = db
@@ -342,6 +358,7 @@ class Deconv(_ConvBase):
             self.output_padding,
             self.dilation,
             self.groups,
+            options=getattr(ctx, "options", None),
         )
         y, act_cache = self.forward_post(node, z, ctx)
         return y, (cache, act_cache)

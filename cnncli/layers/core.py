@@ -129,9 +129,16 @@ class Dropout(Layer):
         )
 
     def forward(self, node: Node, x: Any, state: dict, ctx: Any) -> tuple[Any, Any]:
+        """In a batch run in parts, the first part draws the whole batch's mask (the same
+        draw as unsplit) and every part takes its rows."""
         from cnncli.ops import dropout
 
-        return dropout.dropout_forward(x, self.rate, ctx.rng, ctx.training)
+        if not ctx.training or getattr(ctx, "parts", 1) == 1 or self.rate == 0:
+            return dropout.dropout_forward(x, self.rate, ctx.rng, ctx.training)
+        full = (ctx.n, *x.shape[1:])
+        draw = ctx.rng.random(full, dtype=x.dtype) if ctx.part == 0 else None
+        mask = ctx.gather((node.path, "mask"), draw)[0][ctx.lo:ctx.lo + x.shape[0]]
+        return dropout.dropout_forward(x, self.rate, None, True, mask=mask >= self.rate)
 
     def backward(self, node: Node, dy: Any, cache: Any, state: dict, grads: dict) -> Any:
         from cnncli.ops import dropout

@@ -57,7 +57,11 @@ class BatchNorm(Layer):
             "running_var": ones(c, dtype),
         }
 
-    def forward(self, node: Node, x: Any, state: dict, ctx: Any) -> tuple[Any, Any]:
+    def forward(self, node: Node, x: Any, state: dict, ctx: Any, act: str | None = None
+                ) -> tuple[Any, Any]:
+        """``act`` (relu, relu6): the activation node after this one, run in the same pass
+        (a plan step covers both). In a batch run in parts, the statistics are the whole
+        batch's (``ctx.gather``) and the first part updates the running estimates."""
         from cnncli.ops import norm
 
         y, cache, rm, rv = norm.batchnorm_forward(
@@ -69,19 +73,31 @@ class BatchNorm(Layer):
             ctx.training,
             self.momentum,
             self.eps,
+            act=act,
+            gather=_gather(ctx, node, "fwd"),
         )
-        if ctx.training:
+        if ctx.training and getattr(ctx, "part", 0) == 0:
             state["running_mean"][...] = rm
             state["running_var"][...] = rv
-        return y, cache
+        return y, (cache, ctx)
 
     def backward(self, node: Node, dy: Any, cache: Any, state: dict, grads: dict) -> Any:
         from cnncli.ops import norm
 
-        dx, dgamma, dbeta = norm.batchnorm_backward(dy, cache)
+        op_cache, ctx = cache
+        dx, dgamma, dbeta = norm.batchnorm_backward(dy, op_cache,
+                                                    gather=_gather(ctx, node, "bwd"))
         grads["weight"] = dgamma
         grads["bias"] = dbeta
         return dx
+
+
+def _gather(ctx: Any, node: Node, tag: str):
+    """The run's gather for this node (None outside the engine or when not split)."""
+    gather = getattr(ctx, "gather", None)
+    if gather is None or getattr(ctx, "parts", 1) == 1:
+        return None
+    return lambda key, value: gather((node.path, tag, key), value)
 
 
 @register

@@ -49,38 +49,38 @@ def _col_range(v, dw, pw, sw, W, Wo):
 
 @njit(**_OPTS)
 def im2col(x, n0, nb, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, cols):
+    """cols <- the column matrix of images n0..n0+nb-1 (taps outer, images inner: each
+    tap's row of cols is written in order, and no index is divided per element)."""
     N, C, H, W = x.shape
     P = Ho * Wo
     L = nb * P
     xf = x.reshape(-1)
     cf = cols.reshape(-1)
-    for t in range(C * kh * kw * nb):
-        r = t // nb
-        n = t - r * nb
-        c = r // (kh * kw)
-        uv = r - c * kh * kw
-        u = uv // kw
-        v = uv - u * kw
-        off, j0, j1 = _col_range(v, dw, pw, sw, W, Wo)
-        xbase = ((n0 + n) * C + c) * H * W
-        for i in range(Ho):
-            ih = i * sh + u * dh - ph
-            d = r * L + n * P + i * Wo
-            if ih < 0 or ih >= H:
-                for j in range(Wo):
-                    cf[_u(d + j)] = 0
-            else:
-                for j in range(j0):
-                    cf[_u(d + j)] = 0
-                s0 = xbase + ih * W + off
-                if sw == 1:
-                    for j in range(j0, j1):
-                        cf[_u(d + j)] = xf[_u(s0 + j)]
-                else:
-                    for j in range(j0, j1):
-                        cf[_u(d + j)] = xf[_u(s0 + j * sw)]
-                for j in range(j1, Wo):
-                    cf[_u(d + j)] = 0
+    for c in range(C):
+        for u in range(kh):
+            for v in range(kw):
+                r = (c * kh + u) * kw + v
+                off, j0, j1 = _col_range(v, dw, pw, sw, W, Wo)
+                for n in range(nb):
+                    xbase = ((n0 + n) * C + c) * H * W
+                    for i in range(Ho):
+                        ih = i * sh + u * dh - ph
+                        d = r * L + n * P + i * Wo
+                        if ih < 0 or ih >= H:
+                            for j in range(Wo):
+                                cf[_u(d + j)] = 0
+                            continue
+                        for j in range(j0):
+                            cf[_u(d + j)] = 0
+                        s0 = xbase + ih * W + off
+                        if sw == 1:
+                            for j in range(j0, j1):
+                                cf[_u(d + j)] = xf[_u(s0 + j)]
+                        else:
+                            for j in range(j0, j1):
+                                cf[_u(d + j)] = xf[_u(s0 + j * sw)]
+                        for j in range(j1, Wo):
+                            cf[_u(d + j)] = 0
 
 
 @njit(**_OPTS)
@@ -745,6 +745,15 @@ def avgpool2x2_backward(dy, dx):
 def relu_backward(dy, y, out):
     for i in range(dy.size):
         out[_u(i)] = dy[_u(i)] if y[_u(i)] > 0 else 0
+
+
+@njit(**_OPTS)
+def add_relu(a, b, scale, out):
+    """out = max(a + scale * b, 0) (1-D, contiguous): a residual sum and its ReLU."""
+    zero = np.zeros(1, dtype=out.dtype)[0]
+    for i in range(a.size):
+        v = a[_u(i)] + scale * b[_u(i)]
+        out[_u(i)] = zero if v < zero else v
 
 
 @njit(**_OPTS)

@@ -180,19 +180,32 @@ def over_batch(fn: Callable[[int, int, int], Any], n: int, min_items: int = 1,
     that per-part workspaces are never shared between threads)."""
     if getattr(_depth, "inside", False):
         return [fn(0, n, _depth.part)]
-    owner = _owner()
     w = workers()
     if work is not None and work < MIN_PARALLEL_WORK:
         w = 1
-    parts = split(n, min(w, max(1, n // max(1, min_items))))
+    return run_parts(fn, split(n, min(w, max(1, n // max(1, min_items)))))
+
+
+def run_parts(fn: Callable[[int, int, int], Any], parts: list[tuple[int, int]],
+              on_error: Callable[[], None] | None = None) -> list[Any]:
+    """``fn(lo, hi, i)`` for each given range, part 0 in the caller and the others on the
+    pool, all at once; results in part order. When a part raises, ``on_error()`` runs in
+    its thread (to release parts waiting for it) and, after every part has ended, the
+    first exception in part order that is not a broken barrier is raised."""
     if len(parts) == 1:
-        return [fn(0, n, 0)]
-    pool = _get_pool(w)
+        lo, hi = parts[0]
+        return [fn(lo, hi, 0)]
+    owner = _owner()
+    pool = _get_pool(workers())
 
     def call(lo: int, hi: int, i: int) -> Any:
         _depth.inside, _depth.part, _depth.owner = True, i, owner
         try:
             return fn(lo, hi, i)
+        except BaseException:
+            if on_error is not None:
+                on_error()
+            raise
         finally:
             _depth.inside, _depth.part, _depth.owner = False, 0, None
 
@@ -200,11 +213,41 @@ def over_batch(fn: Callable[[int, int, int], Any], n: int, min_items: int = 1,
         # each part runs in a copy of the caller's context (NumPy's errstate lives there)
         futures = [pool.submit(contextvars.copy_context().run, call, lo, hi, i)
                    for i, (lo, hi) in enumerate(parts[1:], 1)]
+        outcomes: list[tuple[bool, Any]] = []
         try:
-            first = call(*parts[0], 0)
-        finally:
-            rest = [f.result() for f in futures]
-    return [first, *rest]
+            outcomes.append((True, call(*parts[0], 0)))
+        except BaseException as e:  # noqa: BLE001 (re-raised below, after the others)
+            outcomes.append((False, e))
+        for f in futures:
+            try:
+                outcomes.append((True, f.result()))
+            except BaseException as e:  # noqa: BLE001
+                outcomes.append((False, e))
+    errors = [v for ok, v in outcomes if not ok]
+    if errors:
+        real = [e for e in errors if not isinstance(e, threading.BrokenBarrierError)]
+        raise (real or errors)[0]
+    return [v for _, v in outcomes]
+
+
+class Rendezvous:
+    """Where the parts of one batch meet in the middle of a pass: ``gather(key, part,
+    value)`` returns every part's value for ``key``, in part order, once all have given
+    theirs (a barrier). Batchnorm uses it for whole-batch statistics and dropout for one
+    mask. ``abort()`` releases waiting parts when one fails (they get a broken barrier)."""
+
+    def __init__(self, parts: int) -> None:
+        self.parts = parts
+        self._barrier = threading.Barrier(parts)
+        self._slots: dict[tuple, Any] = {}
+
+    def gather(self, key, part: int, value: Any) -> list[Any]:
+        self._slots[(key, part)] = value
+        self._barrier.wait()
+        return [self._slots[(key, i)] for i in range(self.parts)]
+
+    def abort(self) -> None:
+        self._barrier.abort()
 
 
 # ---------------------------------------------------------------------------------------

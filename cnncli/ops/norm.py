@@ -10,14 +10,181 @@ from cnncli.errors import ShapeMismatchError
 
 
 class BatchNormCache(NamedTuple):
-    """``xhat`` (normalised input), ``inv_std`` = 1/sqrt(var + eps) per channel (batch var
-    in training, running var in eval), ``gamma``, and the reduction axes."""
+    """What batchnorm_backward needs: the input ``x`` and (with a fused activation) the
+    output ``y`` (references, not copies: the normalised values are recomputed, which
+    keeps one array per layer less alive than storing them), the per-channel ``mean`` and
+    ``inv_std`` = 1/sqrt(var + eps) (batch statistics in training, running ones in eval),
+    ``gamma``, the mode, the activation and ``count``, the values per channel of the whole
+    batch."""
 
-    xhat: np.ndarray
+    x: np.ndarray
+    y: np.ndarray | None
+    mean: np.ndarray
     inv_std: np.ndarray
     gamma: np.ndarray
     training: bool
-    axes: tuple[int, ...]
+    act: str | None
+    count: int
+
+    @property
+    def xhat(self) -> np.ndarray:
+        """The normalised input (x - mean) * inv_std, recomputed."""
+        shape = (1, -1, 1, 1) if self.x.ndim == 4 else (1, -1)
+        return (self.x - self.mean.reshape(shape)) * self.inv_std.reshape(shape)
+
+
+#: Activations that batchnorm can apply in its output pass (``act=``).
+BN_ACTIVATIONS = {"relu": 1, "relu6": 2}
+
+
+def _bn_view(x: np.ndarray) -> np.ndarray:
+    """x as [N, C, P] (P = H*W, or 1 for [N, D] vectors)."""
+    if x.ndim == 2:
+        return x.reshape(x.shape[0], x.shape[1], 1)
+    if x.ndim == 4:
+        return x.reshape(x.shape[0], x.shape[1], -1)
+    raise ShapeMismatchError(f"batchnorm expects x [N, D] or [N, C, H, W]; got shape {np.shape(x)}")
+
+
+def _alone(tag: str, value):
+    """The gather of a batch that is not split: its only part's value."""
+    return [value]
+
+
+def _combine_stats(parts: list[tuple[int, np.ndarray]]) -> tuple[int, np.ndarray, np.ndarray]:
+    """(count, mean, M2) over all parts from each part's (count, [C, 3] shifted sums), by
+    Chan et al.'s pairwise update in part order (deterministic, well conditioned)."""
+    total = 0
+    mean = m2 = None
+    for m, st in parts:
+        if m == 0:
+            continue
+        pm = st[:, 0] + st[:, 1] / m
+        pm2 = np.maximum(st[:, 2] - st[:, 1] ** 2 / m, 0.0)
+        if mean is None:
+            total, mean, m2 = m, pm, pm2
+            continue
+        both = total + m
+        delta = pm - mean
+        mean = mean + delta * (m / both)
+        m2 = m2 + pm2 + delta ** 2 * (total * m / both)
+        total = both
+    return total, mean, m2
+
+
+def batchnorm_forward(
+    x: np.ndarray,
+    gamma: np.ndarray,
+    beta: np.ndarray,
+    running_mean: np.ndarray,
+    running_var: np.ndarray,
+    training: bool,
+    momentum: float,
+    eps: float,
+    *,
+    act: str | None = None,
+    gather=None,
+) -> tuple[np.ndarray, BatchNormCache, np.ndarray, np.ndarray]:
+    """Per-channel (per-feature for 2-D x) normalisation: ``y = act(gamma * xhat + beta)``.
+
+    Training normalises with the batch mean and the *biased* variance (divide by m, the
+    number of values per channel) and returns running stats updated PyTorch-style:
+    ``new = (1 - momentum) * old + momentum * batch_stat`` with the *unbiased* variance
+    (``var * m / (m - 1)``). Eval normalises with the running stats and returns them
+    unchanged (the same objects). The inputs are never modified. ``act`` (relu, relu6)
+    is applied in the same pass.
+
+    ``gather(tag, value) -> [value of each part]``: when the engine runs a batch in
+    parts, one call per part, each seeing its own images, and the statistics are those of
+    the whole batch (each part's shifted sums, combined in part order).
+    """
+    from cnncli.ops import _norm_kernels as kern
+
+    if not isinstance(x, np.ndarray) or x.dtype not in (np.float32, np.float64):
+        raise ShapeMismatchError(f"batchnorm expects a float32/float64 array x; got {type(x)}")
+    if act is not None and act not in BN_ACTIVATIONS:
+        raise ShapeMismatchError(f"batchnorm: act must be one of {tuple(BN_ACTIVATIONS)} or "
+                                 f"None; got {act!r}")
+    x3 = _bn_view(np.ascontiguousarray(x))
+    c = x3.shape[1]
+    momentum, eps = float(momentum), float(eps)  # Python floats never upcast float32
+    params = {"gamma": gamma, "beta": beta, "running_mean": running_mean,
+              "running_var": running_var}
+    for name, arr in params.items():
+        if np.shape(arr) != (c,):
+            raise ShapeMismatchError(
+                f"batchnorm: {name} must have shape ({c},) for x {x.shape}; got {np.shape(arr)}"
+            )
+    gather = gather or _alone
+    g64, b64 = gamma.astype(np.float64), beta.astype(np.float64)
+    if training:
+        st = np.empty((c, 3), dtype=np.float64)
+        kern.bn_partial_stats(x3, st)
+        m, mean, m2 = _combine_stats(gather("stats", (x3.shape[0] * x3.shape[2], st)))
+        if m < 2:
+            raise ShapeMismatchError(
+                f"batchnorm in training needs more than one value per channel; got x {x.shape}"
+            )
+        var = m2 / m
+        inv = 1.0 / np.sqrt(var + eps)
+        new_mean = ((1 - momentum) * running_mean + momentum * mean).astype(
+            running_mean.dtype, copy=False)
+        new_var = ((1 - momentum) * running_var + momentum * var * (m / (m - 1))).astype(
+            running_var.dtype, copy=False)
+    else:
+        m = 0
+        mean = running_mean.astype(np.float64)
+        inv = 1.0 / np.sqrt(running_var.astype(np.float64) + eps)
+        new_mean, new_var = running_mean, running_var
+    scale = g64 * inv
+    y = np.empty_like(x3)
+    kern.bn_apply(x3, scale.astype(x.dtype), (b64 - mean * scale).astype(x.dtype),
+                  BN_ACTIVATIONS.get(act, 0), y)
+    y = y.reshape(x.shape)
+    cache = BatchNormCache(x, y if act is not None else None, mean.astype(x.dtype),
+                           inv.astype(x.dtype), gamma.astype(x.dtype, copy=False),
+                           bool(training), act, m)
+    return y, cache, new_mean, new_var
+
+
+def batchnorm_backward(
+    dy: np.ndarray, cache: BatchNormCache, *, gather=None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(dx, dgamma, dbeta). Training: ``dx = gamma*inv_std * (dz - mean(dz) -
+    xhat*mean(dz*xhat))`` (the statistics depend on x); eval: ``dx = dz*gamma*inv_std``,
+    dz being dy through the fused activation. With ``gather`` (a batch run in parts) the
+    means are over the whole batch, and dgamma, dbeta are this part's share of the sums
+    (the engine adds the parts' gradients)."""
+    from cnncli.ops import _norm_kernels as kern
+
+    x, y, mean, inv, g, training, act, count = cache
+    if not isinstance(dy, np.ndarray) or dy.shape != x.shape:
+        raise ShapeMismatchError(
+            f"batchnorm_backward: dy must have shape {x.shape}; got {np.shape(dy)}"
+        )
+    if dy.dtype != x.dtype:
+        dy = dy.astype(x.dtype)
+    gather = gather or _alone
+    x3 = _bn_view(x)
+    d3 = _bn_view(np.ascontiguousarray(dy))
+    y3 = _bn_view(y) if y is not None else x3
+    c = x3.shape[1]
+    code = BN_ACTIVATIONS.get(act, 0)
+    sums = np.zeros((c, 2), dtype=np.float64)
+    kern.bn_backward_sums(d3, y3, x3, mean, inv, code, sums)
+    dbeta, dgamma = sums[:, 0].astype(x.dtype), sums[:, 1].astype(x.dtype)
+    a = (g.astype(np.float64) * inv).astype(x.dtype)
+    if training:
+        total = gather("grad", sums)
+        whole = total[0].copy()
+        for s in total[1:]:
+            whole += s
+        b, c2 = (whole[:, 0] / count).astype(x.dtype), (whole[:, 1] / count).astype(x.dtype)
+    else:
+        b = c2 = np.zeros(c, dtype=x.dtype)
+    dx = np.empty_like(x3)
+    kern.bn_backward_apply(d3, y3, x3, mean, inv, a, b, c2, code, dx)
+    return dx.reshape(x.shape), dgamma, dbeta
 
 
 class LRNCache(NamedTuple):
@@ -30,97 +197,6 @@ class LRNCache(NamedTuple):
     size: int
     alpha_eff: float
     beta: float
-
-
-def _bn_axes(x: np.ndarray) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    if x.ndim == 2:
-        return (0,), (1, x.shape[1])
-    if x.ndim == 4:
-        return (0, 2, 3), (1, x.shape[1], 1, 1)
-    raise ShapeMismatchError(f"batchnorm expects x [N, D] or [N, C, H, W]; got shape {np.shape(x)}")
-
-
-def batchnorm_forward(
-    x: np.ndarray,
-    gamma: np.ndarray,
-    beta: np.ndarray,
-    running_mean: np.ndarray,
-    running_var: np.ndarray,
-    training: bool,
-    momentum: float,
-    eps: float,
-) -> tuple[np.ndarray, BatchNormCache, np.ndarray, np.ndarray]:
-    """Per-channel (per-feature for 2-D x) normalisation: ``y = gamma * xhat + beta``.
-
-    Training normalises with the batch mean and the *biased* variance (divide by m, the
-    number of values per channel) and returns running stats updated PyTorch-style:
-    ``new = (1 - momentum) * old + momentum * batch_stat`` with the *unbiased* variance
-    (``var * m / (m - 1)``). Eval normalises with the running stats and returns them
-    unchanged (the same objects). The inputs are never modified.
-    """
-    if not isinstance(x, np.ndarray) or x.dtype not in (np.float32, np.float64):
-        raise ShapeMismatchError(f"batchnorm expects a float32/float64 array x; got {type(x)}")
-    axes, bshape = _bn_axes(x)
-    c = x.shape[1]
-    momentum, eps = float(momentum), float(eps)  # Python floats never upcast float32
-    params = {
-        "gamma": gamma,
-        "beta": beta,
-        "running_mean": running_mean,
-        "running_var": running_var,
-    }
-    for name, arr in params.items():
-        if np.shape(arr) != (c,):
-            raise ShapeMismatchError(
-                f"batchnorm: {name} must have shape ({c},) for x {x.shape}; got {np.shape(arr)}"
-            )
-    g = gamma.astype(x.dtype, copy=False).reshape(bshape)
-    b = beta.astype(x.dtype, copy=False).reshape(bshape)
-    if training:
-        m = x.size // c
-        if m < 2:
-            raise ShapeMismatchError(
-                f"batchnorm in training needs more than one value per channel; got x {x.shape}"
-            )
-        mean = x.mean(axis=axes, keepdims=True)
-        xc = x - mean
-        var = np.mean(np.square(xc), axis=axes, keepdims=True)
-        inv_std = 1.0 / np.sqrt(var + eps)
-        xhat = np.multiply(xc, inv_std, out=xc)
-        new_mean = (1 - momentum) * running_mean + momentum * mean.reshape(c)
-        new_var = (1 - momentum) * running_var + momentum * var.reshape(c) * (m / (m - 1))
-        new_mean = new_mean.astype(running_mean.dtype, copy=False)
-        new_var = new_var.astype(running_var.dtype, copy=False)
-    else:
-        rm = running_mean.astype(x.dtype, copy=False).reshape(bshape)
-        inv_std = 1.0 / np.sqrt(running_var.astype(x.dtype, copy=False).reshape(bshape) + eps)
-        xhat = (x - rm) * inv_std
-        new_mean, new_var = running_mean, running_var
-    y = xhat * g + b
-    return y, BatchNormCache(xhat, inv_std, g, bool(training), axes), new_mean, new_var
-
-
-def batchnorm_backward(
-    dy: np.ndarray, cache: BatchNormCache
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(dx, dgamma, dbeta). Training: ``dx = gamma*inv_std * (dy - mean(dy) -
-    xhat*mean(dy*xhat))`` (the statistics depend on x); eval: ``dx = dy*gamma*inv_std``."""
-    xhat, inv_std, g, training, axes = cache
-    if not isinstance(dy, np.ndarray) or dy.shape != xhat.shape:
-        raise ShapeMismatchError(
-            f"batchnorm_backward: dy must have shape {xhat.shape}; got {np.shape(dy)}"
-        )
-    c = xhat.shape[1]
-    dbeta = dy.sum(axis=axes, keepdims=True)
-    dgamma = np.sum(dy * xhat, axis=axes, keepdims=True)
-    if training:
-        m = xhat.size // c
-        dx = dy - dbeta / m
-        dx -= xhat * (dgamma / m)
-        dx *= g * inv_std
-    else:
-        dx = dy * (g * inv_std)
-    return dx, dgamma.reshape(c), dbeta.reshape(c)
 
 
 # ---------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """The engine runs a conv + ReLU and the 2x2 max pooling after it as one op where the conv
-takes the float32 Winograd path (Model.fused_pools): results must be bit-identical to
+takes the float32 Winograd path (a ConvPoolStep of the plan): results must be bit-identical to
 running the layers one by one, in training and inference, split over threads or not,
 inside blocks too, and the shapes traced must stay the report's."""
 
@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from cnncli.engine import build_model
-from cnncli.ops import _threads, conv
+from cnncli.ops import _threads
+from cnncli.ops.options import EngineOptions
 
 SPEC = {"name": "t", "input": [16, 16, 3], "layers": [
     {"conv": {"name": "c1", "filters": 16, "kernel": 3, "padding": "same",
@@ -31,8 +32,10 @@ SPEC = {"name": "t", "input": [16, 16, 3], "layers": [
 
 def test_pairs_found_only_where_allowed():
     model = build_model(SPEC, dtype=np.float32)
-    assert {c: p.path for c, p in model.fused_pools().items()} == {"f.c2": "f.p"}
-    assert build_model(SPEC, dtype=np.float64).fused_pools() == {}
+    assert model.plan.fusions() == {"f.c2": ("f.p",)}
+    assert build_model(SPEC, dtype=np.float64).plan.fusions() == {}
+    off = EngineOptions(fuse_relu_maxpool=False)
+    assert build_model(SPEC, dtype=np.float32, options=off).plan.fusions() == {}
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -46,9 +49,8 @@ def test_fused_network_is_bit_identical(monkeypatch, workers, training):
         dy = rng.standard_normal((20, 5)).astype(np.float32)
         runs = []
         for fuse in (True, False):
-            monkeypatch.setattr(conv, "FUSE_RELU_MAXPOOL", fuse)
-            model = build_model(SPEC, seed=4)
-            assert bool(model.fused_pools()) == fuse
+            model = build_model(SPEC, seed=4, options=EngineOptions(fuse_relu_maxpool=fuse))
+            assert bool(model.plan.fusions()) == fuse
             y = model.forward(x, training=training, logits=True)
             dx = model.backward(dy) if training else None
             runs.append((y, dx, {k: g.copy() for k, g in model.grads.items()}))

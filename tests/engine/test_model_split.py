@@ -42,10 +42,10 @@ def test_split_matches_one_piece(two_workers, monkeypatch, n):
     model = build_model(SPEC, dtype=np.float64, seed=1)
     x = rng.standard_normal((n, 3, 12, 12))
     dy = rng.standard_normal((n, 5))
-    assert model._parts(n, True) == 2
+    assert len(model._ranges(n)) == 2
     y, dx, grads = _pass(model, x, dy)
     monkeypatch.setattr(model_mod, "_PART_MIN", 10**6)  # one piece (layers split inside)
-    assert model._parts(n, True) is None
+    assert len(model._ranges(n)) == 1
     y1, dx1, grads1 = _pass(model, x, dy)
     np.testing.assert_allclose(y, y1, rtol=0, atol=1e-12)
     np.testing.assert_allclose(dx, dx1, rtol=0, atol=1e-12)
@@ -69,20 +69,68 @@ def test_split_is_deterministic_and_skips_first_input_grad(two_workers):
         assert runs[0][k].dtype == np.float32
 
 
-def test_batch_coupled_layers_run_in_one_piece(two_workers):
-    bn = {"name": "b", "input": [8, 8, 2], "layers": [
-        {"conv": {"name": "c", "filters": 4, "kernel": 3}}, {"batchnorm": {"name": "bn"}},
-        "flatten", {"dense": {"name": "d", "units": 3}}]}
-    drop = {"name": "d", "input": [8, 8, 2], "layers": [
-        "flatten", {"dropout": {"name": "dr", "rate": 0.5}}, {"dense": {"name": "d", "units": 3}}]}
-    for spec in (bn, drop):
-        model = build_model(spec, seed=0)
-        assert model._parts(64, True) is None
-        assert model._parts(64, False) == 2  # evaluation: every image on its own
+BN_SPEC = {"name": "b", "input": [8, 8, 3], "layers": [
+    {"conv": {"name": "c", "filters": 6, "kernel": 3, "padding": 1, "bias": False}},
+    {"batchnorm": {"name": "bn"}}, {"relu": {"name": "r"}},
+    {"residual": {"name": "res", "body": [
+        {"conv": {"name": "c", "filters": 6, "kernel": 3, "padding": 1}},
+        {"batchnorm": {"name": "bn", "momentum": 0.3}}, {"relu6": {"name": "r6"}}]}},
+    {"global_pool": {"name": "g"}}, {"batchnorm": {"name": "bn1d"}},
+    {"dropout": {"name": "dr", "rate": 0.4}}, {"dense": {"name": "d", "units": 3}}]}
+
+
+@pytest.mark.parametrize("n", [16, 21])
+def test_batchnorm_and_dropout_split_match_one_piece(two_workers, monkeypatch, n):
+    """Batch-coupled layers split too: batchnorm combines the parts' statistics (and the
+    gradient's sums) over the whole batch, dropout takes its rows of one mask drawn for
+    the whole batch; running estimates, outputs and gradients are those of one piece."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((n, 3, 8, 8)) * 2 + 1
+    dy = rng.standard_normal((n, 3))
+    results = []
+    for part_min in (model_mod._PART_MIN, 10**6):
+        monkeypatch.setattr(model_mod, "_PART_MIN", part_min)
+        model = build_model(BN_SPEC, dtype=np.float64, seed=1)
+        assert len(model._ranges(n)) == (2 if part_min < n else 1)
+        assert model.plan.fusions() == {"bn": ("r",), "res.bn": ("res.r6",)}
+        y = model.forward(x, training=True, logits=True, rng=np.random.default_rng(9))
+        dx = model.backward(dy)
+        results.append((y, dx, {k: v.copy() for k, v in model.grads.items()},
+                        {k: v.copy() for k, v in model.buffers.items()}))
+    (y, dx, grads, bufs), (y1, dx1, grads1, bufs1) = results
+    np.testing.assert_allclose(y, y1, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(dx, dx1, rtol=0, atol=1e-12)
+    assert grads.keys() == grads1.keys() == model.params.keys()
+    for k in grads:
+        np.testing.assert_allclose(grads[k], grads1[k], rtol=0, atol=1e-11, err_msg=k)
+    for k in bufs:
+        np.testing.assert_allclose(bufs[k], bufs1[k], rtol=0, atol=1e-12, err_msg=k)
+
+
+def test_a_failing_part_releases_the_others(two_workers, monkeypatch):
+    """An error in one part while the other waits at a batchnorm rendezvous is raised
+    (not a hang, not a broken barrier)."""
+    from cnncli.layers.norm import BatchNorm
+
+    real = BatchNorm.forward
+
+    def fail_in_part_1(self, node, x, state, ctx, act=None):
+        if ctx.part == 1:
+            raise ValueError("boom in part 1")
+        return real(self, node, x, state, ctx, act=act)
+
+    monkeypatch.setattr(BatchNorm, "forward", fail_in_part_1)
+    model = build_model(BN_SPEC, seed=0)
+    with pytest.raises(ValueError, match="boom in part 1"):
+        model.forward(np.zeros((16, 3, 8, 8), dtype=np.float32), training=True)
+
+
+def test_small_batches_and_one_worker_run_in_one_piece(two_workers):
     model = build_model(SPEC, seed=0)
-    assert model._parts(15, True) is None  # parts would be smaller than _PART_MIN
+    assert len(model._ranges(64)) == 2
+    assert len(model._ranges(15)) == 1  # parts would be smaller than _PART_MIN
     _threads.set_workers(1)
-    assert model._parts(64, True) is None
+    assert len(model._ranges(64)) == 1
 
 
 def test_nested_over_batch_keeps_the_outer_part_index(two_workers):

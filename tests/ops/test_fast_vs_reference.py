@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from cnncli.errors import ShapeMismatchError
 from cnncli.ops import activations, conv, dropout, losses, norm, pool
 from cnncli.ops import reference as ref
+from cnncli.ops.options import EngineOptions, twin_options
 
 SETTINGS = settings(
     max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
@@ -25,18 +26,18 @@ def close(a, b, atol=ATOL):
 
 
 @pytest.fixture(params=[1 << 30, 1], ids=["one-chunk", "chunk-per-image"])
-def chunking(request, monkeypatch):
-    """Run conv tests with the whole batch in one chunk and with one image per chunk."""
-    monkeypatch.setattr(conv, "CHUNK_BYTES", request.param)
+def chunking(request):
+    """Engine options with the whole batch in one chunk, or with one image per chunk (and
+    Winograd images cut into bands of tile rows)."""
+    big = request.param > 1
+    return EngineOptions(chunk_bytes=request.param,
+                         winograd_chunk_bytes=1 << 19 if big else 1 << 10,
+                         winograd_dw_tiles=128 if big else 2)
 
 
-@pytest.fixture(params=["default", "batched"])
-def conv_path(request, monkeypatch):
-    """``batched``: every stride-1, ungrouped conv takes the per-image im2col + batched
-    matmul path (conv._is_batched) instead of the direct kernels or the chunked GEMMs."""
-    if request.param == "batched":
-        monkeypatch.setattr(conv, "DIRECT_MAX_CHANNELS", 0)
-        monkeypatch.setattr(conv, "BATCHED_MAX_COLS", 1 << 30)
+def _algos(xs, ws, s, p, d, groups, dtype, opts):
+    g = conv.geometry(xs[2:], ws, s, p, d, groups)
+    return conv.candidates(g, xs[1], ws[0], dtype, opts)
 
 
 # ---------------------------------------------------------------------------------------
@@ -62,13 +63,17 @@ def conv_cases(draw):
 
 
 @SETTINGS
-@given(case=conv_cases(), bias=st.booleans())
-def test_conv2d_matches_reference(chunking, conv_path, case, bias):
+@given(case=conv_cases(), bias=st.booleans(), data=st.data())
+def test_conv2d_matches_reference(chunking, case, bias, data):
+    """Every kernel path that can run a conv (a random one of ``conv.candidates`` per
+    example: forward, input-gradient and weight-gradient paths mixed) in float64."""
     xs, ws, s, p, d, groups, seed = case
     rng = np.random.default_rng(seed)
     x, w = rng.standard_normal(xs), rng.standard_normal(ws)
     b = rng.standard_normal(ws[0]) if bias else None
-    y, cache = conv.conv2d_forward(x, w, b, s, p, d, groups)
+    algo = data.draw(st.sampled_from(_algos(xs, ws, s, p, d, groups, np.float64, chunking)))
+    y, cache = conv.conv2d_forward(x, w, b, s, p, d, groups, algo=algo, options=chunking)
+    assert cache.algo == algo
     close(y, ref.conv2d(x, w, b, s, p, d, groups))
     dy = rng.standard_normal(y.shape)
     dx, dw, db = conv.conv2d_backward(dy, cache)
@@ -86,7 +91,7 @@ def test_conv2d_matches_reference(chunking, conv_path, case, bias):
 
 @SETTINGS
 @given(case=conv_cases(), data=st.data(), bias=st.booleans())
-def test_conv_transpose2d_matches_reference(chunking, conv_path, case, data, bias):
+def test_conv_transpose2d_matches_reference(chunking, case, data, bias):
     xs, ws, s, p, d, groups, seed = case
     # output_padding must be smaller than the stride or the dilation
     op = data.draw(pairs(*(st.integers(0, max(si, di) - 1) for si, di in zip(s, d))))
@@ -98,7 +103,9 @@ def test_conv_transpose2d_matches_reference(chunking, conv_path, case, data, bia
     rng = np.random.default_rng(seed)
     x, w = rng.standard_normal(xs), rng.standard_normal(w_shape)
     b = rng.standard_normal(k_out) if bias else None
-    y, cache = conv.conv_transpose2d_forward(x, w, b, s, p, op, d, groups)
+    opts = data.draw(st.sampled_from([chunking, twin_options().with_(
+        chunk_bytes=chunking.chunk_bytes)]))
+    y, cache = conv.conv_transpose2d_forward(x, w, b, s, p, op, d, groups, options=opts)
     close(y, ref.conv_transpose2d(x, w, b, s, p, op, d, groups))
     dy = rng.standard_normal(y.shape)
     dx, dw, db = conv.conv_transpose2d_backward(dy, cache)
@@ -120,18 +127,22 @@ def test_conv_transpose2d_matches_reference(chunking, conv_path, case, data, bia
         ((2, 3, 15, 16), (8, 3, 3, 3), 2, 1),  # strided im2col
     ],
 )
-def test_conv2d_float32_model_shapes(chunking, conv_path, xs, ws, s, p):
-    """The model shapes the engine runs, float32 end to end, against float64."""
+def test_conv2d_float32_model_shapes(chunking, xs, ws, s, p):
+    """The model shapes the engine runs, float32 end to end on every path that can run
+    them, against float64."""
     rng = np.random.default_rng(0)
     x, w, b = rng.standard_normal(xs), rng.standard_normal(ws), rng.standard_normal(ws[0])
     y64, c64 = conv.conv2d_forward(x, w, b, s, p)
-    y32, c32 = conv.conv2d_forward(x.astype("f4"), w.astype("f4"), b.astype("f4"), s, p)
-    assert y32.dtype == np.float32
-    np.testing.assert_allclose(y32, y64, rtol=1e-4, atol=1e-4)
     dy = rng.standard_normal(y64.shape)
-    for g32, g64 in zip(conv.conv2d_backward(dy.astype("f4"), c32), conv.conv2d_backward(dy, c64)):
-        assert g32.dtype == np.float32
-        np.testing.assert_allclose(g32, g64, rtol=1e-4, atol=1e-3)
+    want = conv.conv2d_backward(dy, c64)
+    for algo in _algos(xs, ws, (s, s), (p, p), (1, 1), 1, np.float32, chunking):
+        y32, c32 = conv.conv2d_forward(x.astype("f4"), w.astype("f4"), b.astype("f4"), s, p,
+                                       algo=algo, options=chunking)
+        assert y32.dtype == np.float32
+        np.testing.assert_allclose(y32, y64, rtol=1e-4, atol=1e-4, err_msg=algo.describe())
+        for g32, g64 in zip(conv.conv2d_backward(dy.astype("f4"), c32), want):
+            assert g32.dtype == np.float32
+            np.testing.assert_allclose(g32, g64, rtol=1e-4, atol=1e-3, err_msg=algo.describe())
 
 
 def test_conv_shape_errors():

@@ -10,6 +10,7 @@ import pytest
 from cnncli.engine import build_model
 from cnncli.ops import _threads, activations, conv, pool
 from cnncli.ops import reference as ref
+from cnncli.ops.options import EngineOptions
 
 
 @pytest.fixture(params=[1, 2, 3], ids=lambda n: f"{n}-workers")
@@ -116,19 +117,20 @@ def test_model_without_input_grad_matches_full_backward(workers):
 @pytest.mark.parametrize("act", ["relu", "tanh"])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("bias", [True, False])
-def test_act_grad_fused_into_rows_matches_separate_pass(workers, monkeypatch, act, dtype, bias):
+def test_act_grad_fused_into_rows_matches_separate_pass(workers, act, dtype, bias):
     """kern.nchw_to_rows_act (derivative + bias sum in the GEMM layout pass) against its
     twin: the separate activation-derivative pass followed by nchw_to_rows."""
     rng = np.random.default_rng(3)
     x = rng.standard_normal((5, 16, 12, 11)).astype(dtype)
     w = rng.standard_normal((24, 16, 3, 3)).astype(dtype)
     b = rng.standard_normal(24).astype(dtype) if bias else None
-    y, cache = conv.conv2d_forward(x, w, b, 1, 1, act=act)
-    assert conv._fuses_act_grad(cache.geometry, 16, 24)
+    im2col = conv.ConvAlgo("im2col", "im2col", "im2col")
+    y, cache = conv.conv2d_forward(x, w, b, 1, 1, act=act, algo=im2col)
     dy = rng.standard_normal(y.shape).astype(dtype)
     got = conv.conv2d_backward(dy, cache, act=(act, y))
-    monkeypatch.setattr(conv, "FUSE_ACT_GRAD", False)
-    want = conv.conv2d_backward(dy, cache, act=(act, y))
+    _, twin = conv.conv2d_forward(x, w, b, 1, 1, act=act, algo=im2col,
+                                  options=EngineOptions(fuse_act_grad=False))
+    want = conv.conv2d_backward(dy, twin, act=(act, y))
     tol = 1e-12 if dtype == np.float64 else 1e-5
     for g, r in zip(got, want):
         if r is None:
@@ -136,8 +138,6 @@ def test_act_grad_fused_into_rows_matches_separate_pass(workers, monkeypatch, ac
             continue
         assert g.dtype == dtype
         np.testing.assert_allclose(g, r, rtol=tol, atol=tol * np.abs(r).max())
-    again = conv.conv2d_backward(dy, cache, act=(act, y))
-    monkeypatch.setattr(conv, "FUSE_ACT_GRAD", True)
     again = conv.conv2d_backward(dy, cache, act=(act, y))
     for g, a in zip(got, again):
         if g is not None:

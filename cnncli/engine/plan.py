@@ -1,0 +1,147 @@
+"""The plan: how each node of a network runs, decided once when the model is built.
+
+``build_plan`` walks the same node tree that ``cnn shapes`` reports and gives every node
+a :class:`Step`. A step knows which node(s) it runs, the kernel path chosen for their
+shapes (shown by ``cnn time``) and the arguments that choice implies. Fusions are steps
+that cover more than one node:
+
+* conv + ReLU + 2x2 max pool, when the conv is on the Winograd path (the pooling runs in
+  its output transform): :class:`ConvPoolStep`;
+* batchnorm followed by ReLU or ReLU6: one pass forward, one backward;
+* (inside the residual block itself) the add and the ReLU after it.
+
+The maths stays with the layers (``Layer.forward``/``backward``); a step only calls them
+with what the plan chose. Convolutions get a :class:`~cnncli.ops.conv.algo.ConvAlgo`
+from the cost rules, or from timing the candidates when the model is tuned
+(:mod:`cnncli.engine.autotune`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from cnncli.layers.base import Node
+from cnncli.ops.options import EngineOptions
+
+
+@dataclass
+class Step:
+    """Run ``node`` (and the nodes in ``covers``, whose work it does) forward and back."""
+
+    node: Node
+    covers: tuple[Node, ...] = ()
+    #: The kernel path, for reports: 'winograd', 'im2col / im2col / direct', 'fused'...
+    path: str = ""
+    #: Extra keyword arguments for the layer's forward (``algo=``, ``act=``).
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def forward(self, x: Any, run: Any) -> tuple[Any, Any]:
+        node = self.node
+        return node.layer.forward(node, x, run.model.state[node.path], run, **self.kwargs)
+
+    def backward(self, dy: Any, cache: Any, run: Any) -> Any:
+        node = self.node
+        state = run.model.state[node.path]
+        if node.layer.is_block:
+            return node.layer.backward(node, dy, cache, state, run)
+        local: dict[str, Any] = {}
+        dx = node.layer.backward(node, dy, cache, state, local)
+        for k, g in local.items():
+            run.grads[f"{node.path}.{k}"] = g
+        return dx
+
+    @property
+    def out_node(self) -> Node:
+        """The node whose output this step produces (the last one it covers)."""
+        return self.covers[-1] if self.covers else self.node
+
+
+class ConvPoolStep(Step):
+    """A conv with ReLU and the 2x2 max pooling after it, as one op (Conv.forward_pooled)."""
+
+    def forward(self, x: Any, run: Any) -> tuple[Any, Any]:
+        node = self.node
+        return node.layer.forward_pooled(node, x, run.model.state[node.path], run)
+
+
+@dataclass
+class Plan:
+    """Steps for every node list of a network (the top level and each block's children),
+    and the options they were chosen under."""
+
+    options: EngineOptions
+    top: list[Step]
+    sequences: dict[int, list[Step]]
+    by_path: dict[str, Step]
+
+    def steps(self, nodes: list[Node]) -> list[Step]:
+        """The steps of one node list of the network (looked up by the list itself)."""
+        return self.sequences[id(nodes)]
+
+    def fusions(self) -> dict[str, tuple[str, ...]]:
+        """node path -> the paths of the nodes its step also runs, for every fused step."""
+        return {p: tuple(c.path for c in s.covers) for p, s in self.by_path.items() if s.covers}
+
+    def describe(self, path: str) -> tuple[str, str | None]:
+        """(kernel path, the node whose step does this node's work or None) for reports."""
+        step = self.by_path.get(path)
+        if step is not None:
+            return step.path, None
+        for s in self.by_path.values():
+            if any(c.path == path for c in s.covers):
+                return "fused", s.node.path
+        return "", None
+
+
+def build_plan(nodes: list[Node], dtype: Any, options: EngineOptions,
+               algos: dict[str, Any] | None = None) -> Plan:
+    """The plan of a network's top-level ``nodes``. ``algos`` (node path -> ConvAlgo)
+    overrides the cost rules' choice for some convs (the autotuner's results)."""
+    plan = Plan(options, [], {}, {})
+    plan.top = _plan_list(nodes, dtype, options, algos or {}, plan)
+    return plan
+
+
+def _plan_list(nodes: list[Node], dtype: Any, opts: EngineOptions, algos: dict,
+               plan: Plan) -> list[Step]:
+    steps: list[Step] = []
+    i = 0
+    while i < len(nodes):
+        node = nodes[i]
+        after = nodes[i + 1] if i + 1 < len(nodes) else None
+        step, used = _step(node, after, dtype, opts, algos, plan)
+        steps.append(step)
+        plan.by_path[node.path] = step
+        i += used
+    plan.sequences[id(nodes)] = steps
+    return steps
+
+
+def _step(node: Node, after: Node | None, dtype: Any, opts: EngineOptions, algos: dict,
+          plan: Plan) -> tuple[Step, int]:
+    """The step for ``node`` and how many nodes it covers (2 for a fusion with ``after``)."""
+    if node.layer.is_block:
+        for children in node.children.values():
+            _plan_list(children, dtype, opts, algos, plan)
+        return Step(node, path=_block_path(node, opts)), 1
+    if node.type == "conv":
+        if after is not None and opts.fuse_relu_maxpool and node.layer.fuses_pool(
+                node, after, dtype, opts):
+            return ConvPoolStep(node, (after,), path="winograd, ReLU + 2x2 max pool fused"), 2
+        algo = algos.get(node.path) or node.layer.algo(node, dtype, opts)
+        return Step(node, path=algo.describe(), kwargs={"algo": algo}), 1
+    if (node.type == "batchnorm" and opts.fuse_bn_act and after is not None
+            and after.type in ("relu", "relu6")):
+        return Step(node, (after,), path=f"batchnorm + {after.type}, one pass",
+                    kwargs={"act": after.type}), 2
+    if node.type == "batchnorm":
+        return Step(node, path="one pass"), 1
+    return Step(node), 1
+
+
+def _block_path(node: Node, opts: EngineOptions) -> str:
+    act = node.layer.cfg.get("activation")
+    if node.type == "residual" and opts.fuse_add_act and act is not None and act[0] == "relu":
+        return "add + ReLU, one pass"
+    return ""
