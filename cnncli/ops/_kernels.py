@@ -23,6 +23,8 @@ import numpy as np
 from numba import njit
 from numba import uint64 as _u
 
+from cnncli.ops._plane_kernels import plane_fill, plane_set, tap_offset, wide_to_rows
+
 _OPTS = {"cache": True, "nogil": True}
 
 
@@ -530,6 +532,47 @@ def maxpool2d_forward(x, kh, kw, sh, sw, ph, pw, Ho, Wo, y, argmax):
                             bi = h * W + w
                 yf[_u(yb + i * Wo + j)] = best
                 af[_u(yb + i * Wo + j)] = bi
+
+
+@njit(**_OPTS)
+def maxpool2d_planes(x, kh, kw, sh, sw, ph, pw, Ho, Wo, Rq, E, pf, want, y, argmax):
+    """maxpool2d_forward's results (the same winners, ties and NaNs alike) on phase planes
+    (``_plane_kernels``): each channel is copied into -inf padded planes, then every
+    window tap is one vectorised max over the wide output. ``pf`` holds at least
+    sh*sw*Rq*E + E values; ``want`` False skips the winners (inference)."""
+    N, C, H, W = x.shape
+    xf, yf, af = x.reshape(-1), y.reshape(-1), argmax.reshape(-1)
+    ninf = -np.inf
+    Q = Ho * E
+    best = np.empty(Q, dtype=y.dtype)
+    bi = np.empty(Q, dtype=np.int32)
+    init = np.empty(Q, dtype=np.int32)
+    base = np.empty(Q, dtype=np.int32)
+    for i in range(Ho):
+        h0 = max(i * sh - ph, 0)
+        for j in range(E):
+            jj = min(j, Wo - 1)
+            init[i * E + j] = h0 * W + max(jj * sw - pw, 0)
+            base[i * E + j] = i * sh * W + jj * sw
+    plane_set(pf, pf.size, ninf)
+    for t in range(N * C):
+        plane_fill(xf, t * H * W, H, W, ph, pw, sh, sw, Rq, E, pf)
+        for q in range(Q):
+            best[q] = ninf
+            bi[q] = init[q]
+        for u in range(kh):
+            for v in range(kw):
+                off = tap_offset(u, v, sh, sw, Rq, E)
+                toff = (u - ph) * W + v - pw
+                for q in range(Q):
+                    val = pf[_u(off + q)]
+                    take = (val > best[q]) | (val != val)
+                    best[q] = val if take else best[q]
+                    bi[q] = base[q] + toff if take else bi[q]
+        yb = t * Ho * Wo
+        wide_to_rows(best, Ho, Wo, E, yf, yb)
+        if want:
+            wide_to_rows(bi, Ho, Wo, E, af, yb)
 
 
 @njit(**_OPTS)

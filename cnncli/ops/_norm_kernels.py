@@ -65,7 +65,8 @@ def bn_apply(x, scale, shift, act, y):
 
 @njit(inline="always")
 def _gate(g, v, act, zero, six):
-    """The upstream gradient g through the activation whose output is v."""
+    """The upstream gradient g through the activation, at its input v (the same
+    x * scale + shift as bn_apply computes, so the same mask as its output gives)."""
     if act == 1:
         return g if v > zero else zero
     if act == 2:
@@ -74,39 +75,43 @@ def _gate(g, v, act, zero, six):
 
 
 @njit(fastmath={"reassoc", "contract"}, **_OPTS)
-def bn_backward_sums(dy, y, x, mean, inv, act, out):
+def bn_backward_sums(dy, x, mean, inv, scale, shift, act, out):
     """out[c] += (sum dz, sum dz * xhat) over x [m, C, P], where dz is dy through the
-    activation (its output y; unused when act == 0) and xhat = (x - mean[c]) * inv[c]."""
+    activation and xhat = (x - mean[c]) * inv[c]. The activation's mask is recomputed
+    from x, so its output need not be kept or read."""
     m, C, P = x.shape
-    gf, yf, xf = dy.reshape(-1), y.reshape(-1), x.reshape(-1)
+    gf, xf = dy.reshape(-1), x.reshape(-1)
     zero = np.zeros(1, dtype=x.dtype)[0]
     six = zero + 6
     for n in range(m):
         for c in range(C):
-            mu, iv = mean[c], inv[c]
+            mu, iv, a, b = mean[c], inv[c], scale[c], shift[c]
             base = (n * C + c) * P
             s1 = zero
             s2 = zero
             for q in range(P):
-                g = _gate(gf[_u(base + q)], yf[_u(base + q)] if act else zero, act, zero, six)
+                xv = xf[_u(base + q)]
+                g = _gate(gf[_u(base + q)], xv * a + b, act, zero, six)
                 s1 += g
-                s2 += g * ((xf[_u(base + q)] - mu) * iv)
+                s2 += g * ((xv - mu) * iv)
             out[c, 0] += s1
             out[c, 1] += s2
 
 
 @njit(fastmath={"contract"}, **_OPTS)
-def bn_backward_apply(dy, y, x, mean, inv, a, b, c2, act, dx):
-    """dx = a[c] * (dz - b[c] - xhat * c2[c]) with dz and xhat as in bn_backward_sums
-    (training: b = mean of dz, c2 = mean of dz*xhat; evaluation: b = c2 = 0)."""
+def bn_backward_apply(dy, x, mean, inv, scale, shift, b, c2, act, dx):
+    """dx = scale[c] * (dz - b[c] - xhat * c2[c]) with dz and xhat as in bn_backward_sums
+    (scale = gamma * inv; training: b = mean of dz, c2 = mean of dz*xhat; evaluation:
+    b = c2 = 0)."""
     m, C, P = x.shape
-    gf, yf, xf, df = dy.reshape(-1), y.reshape(-1), x.reshape(-1), dx.reshape(-1)
+    gf, xf, df = dy.reshape(-1), x.reshape(-1), dx.reshape(-1)
     zero = np.zeros(1, dtype=x.dtype)[0]
     six = zero + 6
     for n in range(m):
         for c in range(C):
-            mu, iv, ac, bc, cc = mean[c], inv[c], a[c], b[c], c2[c]
+            mu, iv, a, sh, bc, cc = mean[c], inv[c], scale[c], shift[c], b[c], c2[c]
             base = (n * C + c) * P
             for q in range(P):
-                g = _gate(gf[_u(base + q)], yf[_u(base + q)] if act else zero, act, zero, six)
-                df[_u(base + q)] = ac * (g - bc - ((xf[_u(base + q)] - mu) * iv) * cc)
+                xv = xf[_u(base + q)]
+                g = _gate(gf[_u(base + q)], xv * a + sh, act, zero, six)
+                df[_u(base + q)] = a * (g - bc - ((xv - mu) * iv) * cc)

@@ -10,18 +10,19 @@ from cnncli.errors import ShapeMismatchError
 
 
 class BatchNormCache(NamedTuple):
-    """What batchnorm_backward needs: the input ``x`` and (with a fused activation) the
-    output ``y`` (references, not copies: the normalised values are recomputed, which
-    keeps one array per layer less alive than storing them), the per-channel ``mean`` and
+    """What batchnorm_backward needs: the input ``x`` (a reference, not a copy: the
+    normalised values and the fused activation's mask are recomputed from it, which keeps
+    one array per layer less alive than storing them), the per-channel ``mean`` and
     ``inv_std`` = 1/sqrt(var + eps) (batch statistics in training, running ones in eval),
-    ``gamma``, the mode, the activation and ``count``, the values per channel of the whole
+    ``scale`` = gamma * inv_std and ``shift`` = beta - mean * scale (y = act(x * scale +
+    shift)), the mode, the activation and ``count``, the values per channel of the whole
     batch."""
 
     x: np.ndarray
-    y: np.ndarray | None
     mean: np.ndarray
     inv_std: np.ndarray
-    gamma: np.ndarray
+    scale: np.ndarray
+    shift: np.ndarray
     training: bool
     act: str | None
     count: int
@@ -137,14 +138,12 @@ def batchnorm_forward(
         inv = 1.0 / np.sqrt(running_var.astype(np.float64) + eps)
         new_mean, new_var = running_mean, running_var
     scale = g64 * inv
+    scale_x, shift_x = scale.astype(x.dtype), (b64 - mean * scale).astype(x.dtype)
     y = np.empty_like(x3)
-    kern.bn_apply(x3, scale.astype(x.dtype), (b64 - mean * scale).astype(x.dtype),
-                  BN_ACTIVATIONS.get(act, 0), y)
-    y = y.reshape(x.shape)
-    cache = BatchNormCache(x, y if act is not None else None, mean.astype(x.dtype),
-                           inv.astype(x.dtype), gamma.astype(x.dtype, copy=False),
-                           bool(training), act, m)
-    return y, cache, new_mean, new_var
+    kern.bn_apply(x3, scale_x, shift_x, BN_ACTIVATIONS.get(act, 0), y)
+    cache = BatchNormCache(x3.reshape(x.shape), mean.astype(x.dtype), inv.astype(x.dtype),
+                           scale_x, shift_x, bool(training), act, m)
+    return y.reshape(x.shape), cache, new_mean, new_var
 
 
 def batchnorm_backward(
@@ -157,7 +156,7 @@ def batchnorm_backward(
     (the engine adds the parts' gradients)."""
     from cnncli.ops import _norm_kernels as kern
 
-    x, y, mean, inv, g, training, act, count = cache
+    x, mean, inv, scale, shift, training, act, count = cache
     if not isinstance(dy, np.ndarray) or dy.shape != x.shape:
         raise ShapeMismatchError(
             f"batchnorm_backward: dy must have shape {x.shape}; got {np.shape(dy)}"
@@ -167,13 +166,11 @@ def batchnorm_backward(
     gather = gather or _alone
     x3 = _bn_view(x)
     d3 = _bn_view(np.ascontiguousarray(dy))
-    y3 = _bn_view(y) if y is not None else x3
     c = x3.shape[1]
     code = BN_ACTIVATIONS.get(act, 0)
     sums = np.zeros((c, 2), dtype=np.float64)
-    kern.bn_backward_sums(d3, y3, x3, mean, inv, code, sums)
+    kern.bn_backward_sums(d3, x3, mean, inv, scale, shift, code, sums)
     dbeta, dgamma = sums[:, 0].astype(x.dtype), sums[:, 1].astype(x.dtype)
-    a = (g.astype(np.float64) * inv).astype(x.dtype)
     if training:
         total = gather("grad", sums)
         whole = total[0].copy()
@@ -183,7 +180,7 @@ def batchnorm_backward(
     else:
         b = c2 = np.zeros(c, dtype=x.dtype)
     dx = np.empty_like(x3)
-    kern.bn_backward_apply(d3, y3, x3, mean, inv, a, b, c2, code, dx)
+    kern.bn_backward_apply(d3, x3, mean, inv, scale, shift, b, c2, code, dx)
     return dx.reshape(x.shape), dgamma, dbeta
 
 

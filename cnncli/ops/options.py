@@ -26,6 +26,9 @@ class EngineOptions:
     #: Winograd needs at least this many 2x2 output tiles per image (fewer: the weight
     #: transforms and the 16 skinny GEMMs cost more than im2col + one GEMM saves).
     winograd_min_tiles: int = 4
+    #: ... and the weight gradient at least this many (its [16, C, K] sums and their
+    #: inverse transform cost more on small maps: ResNet's 4x4 stage, timed by autotune).
+    winograd_dw_min_tiles: int = 16
     #: Target size of one chunk's transformed input V [16, C, tiles].
     winograd_chunk_bytes: int = 1 << 19
     #: Tiles per chunk of the Winograd weight gradient (its 16 GEMMs contract over them).
@@ -34,8 +37,9 @@ class EngineOptions:
     direct_max_channels: int = 8
     #: ... and their weight gradient too when a filter has at most this many taps.
     direct_max_taps: int = 32
-    #: Stride-1 convs whose per-image column matrix has at most this many entries run
-    #: per-image im2col + one batched matmul (small maps: LeNet's C3).
+    #: Stride-1 convs whose per-image column matrix and weight matrix each have at most
+    #: this many entries run per-image im2col + one batched matmul (LeNet's C3; not
+    #: ResNet's wide layers on small maps, whose per-image GEMMs would be tiny).
     batched_max_cols: int = 16384
     #: Target size of one chunk's column matrix on the im2col + GEMM path.
     chunk_bytes: int = 1 << 20

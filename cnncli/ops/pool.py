@@ -177,15 +177,18 @@ def pool2d_forward(
 
         def part(lo, hi, _):
             kern.maxpool2x2_values(x[lo:hi], ho, wo, y[lo:hi])
-    elif kind == "max":
+    elif kind == "max" and two_by_two:
         argmax = np.empty((n, c, ho, wo), dtype=np.int32)
 
         def part(lo, hi, _):
-            if two_by_two:
-                kern.maxpool2x2_forward(x[lo:hi], ho, wo, y[lo:hi], argmax[lo:hi])
-            else:
-                kern.maxpool2d_forward(x[lo:hi], kh, kw, sh, sw, ph, pw, ho, wo, y[lo:hi],
-                                       argmax[lo:hi])
+            kern.maxpool2x2_forward(x[lo:hi], ho, wo, y[lo:hi], argmax[lo:hi])
+    elif kind == "max":
+        argmax = np.empty((n, c, ho, wo) if need_argmax else (1,), dtype=np.int32)
+        keep_x = None if need_argmax else x
+
+        def part(lo, hi, p):
+            _max_rows(x[lo:hi], (kh, kw), (sh, sw), (ph, pw), y[lo:hi],
+                      argmax[lo:hi] if need_argmax else None, p)
     elif kind == "avg":
 
         def part(lo, hi, _):
@@ -215,9 +218,14 @@ def pool2d_backward(dy: np.ndarray, cache: PoolCache) -> np.ndarray:
     dx = np.empty(x_shape, dtype=dtype)
     h, w = x_shape[2:]
     two_by_two = _is_2x2(kh, kw, sh, sw, ph, pw, h, w, *y_shape[2:])
-    if kind == "max" and argmax is None:  # forward ran with need_argmax=False
+    if kind == "max" and (argmax is None or argmax.shape != y_shape):
+        # the forward pass ran with need_argmax=False: find the winners now
         argmax = np.empty(y_shape, dtype=np.int32)
-        kern.maxpool2x2_forward(x, *y_shape[2:], np.empty(y_shape, dtype=dtype), argmax)
+        if two_by_two:
+            kern.maxpool2x2_forward(x, *y_shape[2:], np.empty(y_shape, dtype=dtype), argmax)
+        else:
+            _max_rows(x, (kh, kw), (sh, sw), (ph, pw), np.empty(y_shape, dtype=dtype),
+                      argmax, 0)
 
     def part(lo, hi, _):
         if kind == "max":
@@ -233,6 +241,23 @@ def pool2d_backward(dy: np.ndarray, cache: PoolCache) -> np.ndarray:
 
     _threads.over_batch(part, x_shape[0], _MIN_PART, work=8 * dx.size)
     return dx
+
+
+def _max_rows(x, kernel: Pair, stride: Pair, padding: Pair, y, argmax, part: int) -> None:
+    """y (and the winners into argmax, unless None) by kern.maxpool2d_planes, on -inf
+    padded phase planes large enough for the windows that ceil mode lets hang past the
+    input."""
+    from cnncli.ops import _kernels as kern
+    from cnncli.ops._plane_kernels import plane_dims
+
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    h, w = x.shape[2:]
+    ho, wo = y.shape[2:]
+    rq, e = plane_dims(h, w, kh, kw, sh, sw, ph, pw, ho, wo)
+    plane = _threads.workspace("pool.plane", part, sh * sw * rq * e + e, x.dtype)
+    want = argmax is not None
+    kern.maxpool2d_planes(x, kh, kw, sh, sw, ph, pw, ho, wo, rq, e, plane, want, y,
+                          argmax if want else np.empty(1, dtype=np.int32))
 
 
 def _is_2x2(kh, kw, sh, sw, ph, pw, h, w, ho, wo) -> bool:

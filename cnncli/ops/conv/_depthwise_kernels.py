@@ -1,10 +1,10 @@
 """Numba kernels of the depthwise path (groups == input channels, K = M * C).
 
-Each input channel is copied once into a zero-padded plane whose columns are stored by
-phase of the stride (column p at ``(p % s) * E + p // s``), so that every kernel tap reads
-(or, for the input gradient, writes) a contiguous run of the plane for a whole output row:
-the inner loops run along W with unit stride and vectorise, for stride 1 and 2 alike.
-Conventions as in ``cnncli.ops._kernels`` (flat views, uint64 indices, serial, nogil).
+Each input channel is copied once into zero-padded phase planes (``_plane_kernels``), so
+that every kernel tap is one long unit-stride loop over the wide output (or, for the input
+gradient, a scatter-add into the planes; for the weight gradient a dot product), for
+stride 1 and 2 alike. Conventions as in ``cnncli.ops._kernels`` (flat views, uint64
+indices, serial, nogil).
 """
 
 from __future__ import annotations
@@ -13,119 +13,94 @@ import numpy as np
 from numba import njit
 from numba import uint64 as _u
 
+from cnncli.ops._plane_kernels import (
+    plane_fill,
+    plane_set,
+    plane_unfill,
+    rows_to_wide,
+    tap_offset,
+    wide_to_rows,
+)
+
 _OPTS = {"cache": True, "nogil": True}
 
 
-@njit(inline="always")
-def _fill(xf, base, H, W, ph, pw, sw, E, Wq, plane):
-    """The interior of the phase-split padded plane <- one input channel at xf[base:]."""
-    for h in range(H):
-        row = (h + ph) * Wq
-        src = base + h * W
-        for q in range(W):
-            p = q + pw
-            plane[_u(row + (p % sw) * E + p // sw)] = xf[_u(src + q)]
-
-
 @njit(fastmath={"contract"}, **_OPTS)
-def depthwise_forward(x, w, b, M, kh, kw, sh, sw, ph, pw, dh, dw, n0, m, plane, y):
-    """y[n0:n0+m] = depthwise conv of x[n0:n0+m] (+ b[k] when b has K entries)."""
+def depthwise_forward(x, w, b, M, kh, kw, sh, sw, ph, pw, dh, dw, Rq, E, n0, m, pf, y):
+    """y[n0:n0+m] = depthwise conv of x[n0:n0+m] (+ b[k] when b has K entries). ``pf``
+    holds the phase planes (sh*sw*Rq*E + E values, see _plane_kernels.plane_dims)."""
     _, C, H, W = x.shape
     K, Ho, Wo = y.shape[1], y.shape[2], y.shape[3]
-    Hp = H + 2 * ph
-    E = (W + 2 * pw + sw - 1) // sw
-    Wq = sw * E
     xf, yf, wf = x.reshape(-1), y.reshape(-1), w.reshape(-1)
     has_b = b.shape[0] == K
     zero = np.zeros(1, dtype=y.dtype)[0]
-    for q in range(Hp * Wq):
-        plane[_u(q)] = zero
+    Q = Ho * E
+    wide = np.empty(Q, dtype=y.dtype)
+    plane_set(pf, pf.size, zero)
     for n in range(n0, n0 + m):
         for c in range(C):
-            _fill(xf, (n * C + c) * H * W, H, W, ph, pw, sw, E, Wq, plane)
+            plane_fill(xf, (n * C + c) * H * W, H, W, ph, pw, sh, sw, Rq, E, pf)
             for mm in range(M):
                 k = c * M + mm
                 bk = b[k] if has_b else zero
-                wb = k * kh * kw
-                for i in range(Ho):
-                    yb = ((n * K + k) * Ho + i) * Wo
-                    for j in range(Wo):
-                        yf[_u(yb + j)] = bk
-                    for u in range(kh):
-                        rb = (i * sh + u * dh) * Wq
-                        for v in range(kw):
-                            wt = wf[_u(wb + u * kw + v)]
-                            o = v * dw
-                            src = rb + (o % sw) * E + o // sw
-                            for j in range(Wo):
-                                yf[_u(yb + j)] += wt * plane[_u(src + j)]
+                for q in range(Q):
+                    wide[q] = bk
+                for u in range(kh):
+                    for v in range(kw):
+                        wt = wf[_u((k * kh + u) * kw + v)]
+                        off = tap_offset(u * dh, v * dw, sh, sw, Rq, E)
+                        for q in range(Q):
+                            wide[q] += wt * pf[_u(off + q)]
+                wide_to_rows(wide, Ho, Wo, E, yf, (n * K + k) * Ho * Wo)
 
 
 @njit(fastmath={"contract"}, **_OPTS)
-def depthwise_input_grad(dz, w, M, kh, kw, sh, sw, ph, pw, dh, dw, n0, m, plane, dx):
+def depthwise_input_grad(dz, w, M, kh, kw, sh, sw, ph, pw, dh, dw, Rq, E, n0, m, pf, dx):
     """dx[n0:n0+m] = the adjoint of depthwise_forward applied to dz (the part's images,
-    dz[0] being image n0): each tap adds w * dz row to a contiguous run of the plane."""
+    dz[0] being image n0): each tap adds w * dz to a run of the planes."""
     _, C, H, W = dx.shape
     K, Ho, Wo = dz.shape[1], dz.shape[2], dz.shape[3]
-    Hp = H + 2 * ph
-    E = (W + 2 * pw + sw - 1) // sw
-    Wq = sw * E
     gf, df, wf = dz.reshape(-1), dx.reshape(-1), w.reshape(-1)
     zero = np.zeros(1, dtype=dx.dtype)[0]
+    Q = Ho * E
+    wide = np.empty(Q, dtype=dz.dtype)
     for n in range(m):
         for c in range(C):
-            for q in range(Hp * Wq):
-                plane[_u(q)] = zero
+            plane_set(pf, pf.size, zero)
             for mm in range(M):
                 k = c * M + mm
-                wb = k * kh * kw
-                for i in range(Ho):
-                    gb = ((n * K + k) * Ho + i) * Wo
-                    for u in range(kh):
-                        rb = (i * sh + u * dh) * Wq
-                        for v in range(kw):
-                            wt = wf[_u(wb + u * kw + v)]
-                            o = v * dw
-                            dst = rb + (o % sw) * E + o // sw
-                            for j in range(Wo):
-                                plane[_u(dst + j)] += wt * gf[_u(gb + j)]
-            base = ((n0 + n) * C + c) * H * W
-            for h in range(H):
-                row = (h + ph) * Wq
-                for q in range(W):
-                    p = q + pw
-                    df[_u(base + h * W + q)] = plane[_u(row + (p % sw) * E + p // sw)]
+                rows_to_wide(gf, (n * K + k) * Ho * Wo, Ho, Wo, E, wide, zero)
+                for u in range(kh):
+                    for v in range(kw):
+                        wt = wf[_u((k * kh + u) * kw + v)]
+                        off = tap_offset(u * dh, v * dw, sh, sw, Rq, E)
+                        for q in range(Q):
+                            pf[_u(off + q)] += wt * wide[q]
+            plane_unfill(pf, H, W, ph, pw, sh, sw, Rq, E, df, ((n0 + n) * C + c) * H * W)
 
 
 @njit(fastmath={"reassoc", "contract"}, **_OPTS)
-def depthwise_weight_grad(x, dz, M, kh, kw, sh, sw, ph, pw, dh, dw, n0, m, plane, acc):
+def depthwise_weight_grad(x, dz, M, kh, kw, sh, sw, ph, pw, dh, dw, Rq, E, n0, m, pf, acc):
     """acc[k, u*kw + v] += sum over the part's images and pixels of dz[n, k, i, j] *
-    xpad[n0 + n, c, i*sh + u*dh, j*sw + v*dw] (acc float64 [K, kh*kw]; each row's dot
-    product is summed in the working dtype, the rows in float64)."""
+    xpad[n0 + n, c, i*sh + u*dh, j*sw + v*dw] (acc float64 [K, kh*kw]; each channel's dot
+    product is summed in the working dtype, the channels in float64)."""
     _, C, H, W = x.shape
     K, Ho, Wo = dz.shape[1], dz.shape[2], dz.shape[3]
-    Hp = H + 2 * ph
-    E = (W + 2 * pw + sw - 1) // sw
-    Wq = sw * E
     xf, gf = x.reshape(-1), dz.reshape(-1)
     zero = np.zeros(1, dtype=dz.dtype)[0]
-    for q in range(Hp * Wq):
-        plane[_u(q)] = zero
+    Q = Ho * E
+    wide = np.empty(Q, dtype=dz.dtype)
+    plane_set(pf, pf.size, zero)
     for n in range(m):
         for c in range(C):
-            _fill(xf, ((n0 + n) * C + c) * H * W, H, W, ph, pw, sw, E, Wq, plane)
+            plane_fill(xf, ((n0 + n) * C + c) * H * W, H, W, ph, pw, sh, sw, Rq, E, pf)
             for mm in range(M):
                 k = c * M + mm
+                rows_to_wide(gf, (n * K + k) * Ho * Wo, Ho, Wo, E, wide, zero)
                 for u in range(kh):
                     for v in range(kw):
-                        o = v * dw
-                        off = (o % sw) * E + o // sw
-                        total = 0.0
-                        for i in range(Ho):
-                            gb = ((n * K + k) * Ho + i) * Wo
-                            src = (i * sh + u * dh) * Wq + off
-                            s = zero
-                            for j in range(Wo):
-                                s += gf[_u(gb + j)] * plane[_u(src + j)]
-                            total += s
-                        acc[k, u * kw + v] += total
+                        off = tap_offset(u * dh, v * dw, sh, sw, Rq, E)
+                        s = zero
+                        for q in range(Q):
+                            s += wide[q] * pf[_u(off + q)]
+                        acc[k, u * kw + v] += s

@@ -108,7 +108,7 @@ def _rules(g: ConvGeometry, c: int, k: int, dtype, opts: EngineOptions) -> tuple
         dw = "direct"
         dx = "winograd" if _winograd_ok(g, k, c, dtype, opts, opts.winograd_dx) else "im2col"
         return "direct", dx, dw
-    if s1g1 and taps * ho * wo <= opts.batched_max_cols:
+    if s1g1 and taps * ho * wo <= opts.batched_max_cols and k * taps <= opts.batched_max_cols:
         return "batched", "batched", "batched"
     dw_direct = s1g1 and taps <= opts.direct_max_taps
     fwd = "winograd" if _winograd_ok(g, c, k, dtype, opts, opts.winograd) else "im2col"
@@ -116,7 +116,8 @@ def _rules(g: ConvGeometry, c: int, k: int, dtype, opts: EngineOptions) -> tuple
     if dw_direct:
         dw = "direct"
     else:
-        dw = "winograd" if _winograd_ok(g, c, k, dtype, opts, opts.winograd_dw) else "im2col"
+        dw = ("winograd" if _winograd_ok(g, c, k, dtype, opts, opts.winograd_dw)
+              and _tiles(g) >= opts.winograd_dw_min_tiles else "im2col")
     return fwd, dx, dw
 
 

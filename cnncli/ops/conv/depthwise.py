@@ -12,24 +12,28 @@ from cnncli.ops.options import EngineOptions
 
 
 def _args(g: ConvGeometry, c: int, k: int):
+    """The kernels' geometry arguments, phase-plane sizes (Rq, E) included."""
+    from cnncli.ops._plane_kernels import plane_dims
+
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = g.kernel, g.stride, g.padding, g.dilation
-    return k // c, kh, kw, sh, sw, ph, pw, dh, dw
+    (h, w), (ho, wo) = g.in_hw, g.out_hw
+    rq, e = plane_dims(h, w, dh * (kh - 1) + 1, dw * (kw - 1) + 1, sh, sw, ph, pw, ho, wo)
+    return k // c, kh, kw, sh, sw, ph, pw, dh, dw, rq, e
 
 
-def _plane(g: ConvGeometry, part: int, dtype) -> np.ndarray:
+def _plane(g: ConvGeometry, part: int, dtype, args) -> np.ndarray:
     from cnncli.ops import _threads
 
-    (h, w), (ph, pw), sw = g.in_hw, g.padding, g.stride[1]
-    e = (w + 2 * pw + sw - 1) // sw
-    return _threads.workspace("dw.plane", part, (h + 2 * ph) * sw * e, dtype)
+    sh, sw, rq, e = args[3], args[4], args[9], args[10]
+    return _threads.workspace("dw.plane", part, sh * sw * rq * e + e, dtype)
 
 
 def forward(x, w, bias, g: ConvGeometry, act, y, lo: int, hi: int, part: int,
             opts: EngineOptions) -> None:
     from cnncli.ops.conv import _depthwise_kernels as kern
 
-    c, k = x.shape[1], w.shape[0]
-    kern.depthwise_forward(x, w, bias, *_args(g, c, k), lo, hi - lo, _plane(g, part, x.dtype), y)
+    args = _args(g, x.shape[1], w.shape[0])
+    kern.depthwise_forward(x, w, bias, *args, lo, hi - lo, _plane(g, part, x.dtype, args), y)
     act_inplace(y[lo:hi], act)
 
 
@@ -37,9 +41,8 @@ def input_grad(dz, w, g: ConvGeometry, dx, lo: int, hi: int, part: int,
                opts: EngineOptions) -> None:
     from cnncli.ops.conv import _depthwise_kernels as kern
 
-    c, k = dx.shape[1], w.shape[0]
-    kern.depthwise_input_grad(dz, w, *_args(g, c, k), lo, hi - lo, _plane(g, part, dz.dtype),
-                              dx)
+    args = _args(g, dx.shape[1], w.shape[0])
+    kern.depthwise_input_grad(dz, w, *args, lo, hi - lo, _plane(g, part, dz.dtype, args), dx)
 
 
 def weight_grad(x, dz, g: ConvGeometry, lo: int, hi: int, part: int,
@@ -49,6 +52,6 @@ def weight_grad(x, dz, g: ConvGeometry, lo: int, hi: int, part: int,
     c, k = x.shape[1], dz.shape[1]
     (kh, kw) = g.kernel
     acc = np.zeros((k, kh * kw), dtype=np.float64)
-    kern.depthwise_weight_grad(x, dz, *_args(g, c, k), lo, hi - lo, _plane(g, part, x.dtype),
-                               acc)
+    args = _args(g, c, k)
+    kern.depthwise_weight_grad(x, dz, *args, lo, hi - lo, _plane(g, part, x.dtype, args), acc)
     return acc.astype(x.dtype)
