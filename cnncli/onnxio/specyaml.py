@@ -15,7 +15,8 @@ _BLOCK_KEYS = ("body", "shortcut", "branches", "layers")
 
 
 def _flow(value: Any) -> str:
-    return yaml.safe_dump(value, default_flow_style=True, width=10**9, sort_keys=False).strip()
+    text = yaml.safe_dump(value, default_flow_style=True, width=10**9, sort_keys=False).strip()
+    return text.removesuffix("\n...").strip()  # a lone scalar ends its document with '...'
 
 
 def _layers(entries: list, indent: int) -> list[str]:
@@ -73,3 +74,11 @@ def plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [plain(v) for v in value]
     return value
+
+
+def spec_yaml(spec: Any, input_shape: Any = None) -> str:
+    """The YAML of a loaded spec (from YAML or ONNX), at ``input_shape`` if given."""
+    data = plain(spec.raw)
+    if input_shape is not None:
+        data["input"] = list(input_shape)
+    return dump_spec(data)
