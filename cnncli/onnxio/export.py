@@ -12,8 +12,8 @@ Conventions that differ between cnncli and ONNX, and how they are bridged:
 * L2 pooling is ``LpPool`` with ``p=2``; pooling over depth is Reshape + pool + Reshape;
 * LRN: ONNX divides alpha by the size (PyTorch's convention), so the textbook alpha is
   multiplied by the size. For an even size ONNX centres the window one channel later than
-  we do (c-n/2+1..c+n/2 against c-n/2..c+n/2-1); reversing the channel order before and
-  after the LRN turns one window into the other, so an even LRN is Slice + LRN + Slice;
+  we do (c-n/2+1..c+n/2 against c-n/2..c+n/2-1), and onnxruntime refuses even sizes, so
+  an even LRN is written out: Pow, a conv of ones over the channels, Mul, Add, Pow, Mul;
 * relu6 is ``Clip(0, 6)``, the residual scale a ``Mul``, and dropout (the identity at
   inference) is left out;
 * ``Sum`` is a parallel block's add merge, ``Add`` a residual's (the importer tells them
@@ -206,22 +206,29 @@ class _Exporter:
                          momentum=float(round(1.0 - node.layer.momentum, 12)))
 
     def lrn(self, node: Node, x: str) -> str:
-        layer = node.layer
+        layer, g = node.layer, self.g
         n = layer.size
         alpha = layer.alpha * n if layer.convention == "textbook" else layer.alpha
-        attrs = dict(size=n, alpha=float(alpha), beta=float(layer.beta), bias=float(layer.k))
         if n % 2:
-            return self.g.op("LRN", [x], node.path, **attrs)
-        y = self._reverse_channels(x, f"{node.path}/reverse")
-        y = self.g.op("LRN", [y], node.path, **attrs)
-        return self._reverse_channels(y, f"{node.path}/unreverse")
-
-    def _reverse_channels(self, x: str, name: str) -> str:
-        starts = self.g.const(f"{name}/starts", [-1], np.int64)
-        ends = self.g.const(f"{name}/ends", [np.iinfo(np.int64).min], np.int64)
-        axes = self.g.const(f"{name}/axes", [1], np.int64)
-        steps = self.g.const(f"{name}/steps", [-1], np.int64)
-        return self.g.op("Slice", [x, starts, ends, axes, steps], name)
+            return g.op("LRN", [x], node.path, size=n, alpha=float(alpha),
+                        beta=float(layer.beta), bias=float(layer.k))
+        # ONNX's window for an even n is c-n/2+1..c+n/2 (and onnxruntime refuses even sizes):
+        # x * (k + alpha/n * window_sum(x^2))^-beta, the window sum a conv of ones over
+        # the channels with our window c-n/2..c+n/2-1 (pads n/2 before, n/2-1 after).
+        h, w, c = node.in_shape
+        p = node.path
+        sq = g.op("Pow", [x, g.const(f"{p}/two", 2.0)], f"{p}/square")
+        sq = g.op("Reshape", [sq, g.const(f"{p}/to_channels", [0, 1, c, h * w], np.int64)],
+                  f"{p}/reshape")
+        ones = g.const(f"{p}/ones", np.ones((1, 1, n, 1)))
+        total = g.op("Conv", [sq, ones], f"{p}/window", kernel_shape=[n, 1],
+                     pads=[n // 2, 0, n // 2 - 1, 0])
+        total = g.op("Reshape", [total, g.const(f"{p}/to_map", [0, c, h, w], np.int64)],
+                     f"{p}/unshape")
+        base = g.op("Mul", [total, g.const(f"{p}/alpha", alpha / n)], f"{p}/alpha")
+        base = g.op("Add", [base, g.const(f"{p}/k", layer.k)], f"{p}/k")
+        scale = g.op("Pow", [base, g.const(f"{p}/minus_beta", -layer.beta)], f"{p}/pow")
+        return g.op("Mul", [x, scale], p)
 
     def activation_layer(self, node: Node, x: str) -> str:
         return self.act(node.layer.activation(), x, node.path)

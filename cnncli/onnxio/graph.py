@@ -101,9 +101,13 @@ class Graph:
 
     # -- queries -------------------------------------------------------------------------------
     def attr(self, node: Any, name: str, default: Any = None) -> Any:
+        """An attribute's value; floats as the shortest decimal of their float32 (1e-05,
+        not 9.999999747378752e-06), strings decoded."""
         value = self.attrs[id(node)].get(name, default)
         if isinstance(value, bytes):
             return value.decode("utf-8", "replace")
+        if isinstance(value, float):
+            return float(str(np.float32(value)))
         return value
 
     def data_inputs(self, node: Any) -> list[str]:
@@ -142,7 +146,7 @@ class Graph:
             raise CannotFold
         vals = [self.values[i] if i else None for i in ins]
         if any(v is not None and v.dtype == object for v in vals):
-            return [self._fold_symbolic(node, op, a, vals)]
+            return [np.asarray(self._fold_symbolic(node, op, a, vals), dtype=object)]
         return self._reference(node, vals)
 
     def _fold_symbolic(self, node: Any, op: str, a: dict, vals: list) -> np.ndarray:

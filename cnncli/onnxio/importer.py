@@ -36,6 +36,8 @@ ACTIVATIONS = {"Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "LeakyRelu"
 POOLS = {"MaxPool": "max", "AveragePool": "avg", "LpPool": "l2"}
 MERGES = ("Add", "Sum", "Concat")
 PREPROCESS = ("Sub", "Div", "Mul", "Add")
+#: Graph names exporters use for every model (the file name says more).
+GENERIC_GRAPH_NAMES = ("", "main_graph", "torch_jit", "torch-jit-export", "tf2onnx", "graph")
 
 
 @dataclass
@@ -86,10 +88,7 @@ def onnx_spec_dict(path: str | Path, input_shape: Shape | None = None) -> dict[s
 def model_spec_dict(model: Any, file: str, input_shape: Shape | None = None) -> dict[str, Any]:
     onnx = require_onnx()
     model = _fix_input(model, onnx, file, input_shape)
-    try:
-        model = onnx.shape_inference.infer_shapes(model, data_prop=True)
-    except Exception:  # noqa: BLE001, S110 - shapes then come from our own rules only
-        pass
+    _infer_shapes(model, onnx)
     graph = Graph(model, onnx, file)
     dims = graph.shape(graph.input)
     _, c, h, w = dims  # checked by _fix_input
@@ -100,8 +99,41 @@ def model_spec_dict(model: Any, file: str, input_shape: Shape | None = None) -> 
     description = f"Imported from {Path(file).name} (ONNX opset {graph.opset})."
     if tr.notes:
         description += " " + " ".join(tr.notes)
-    name = model.graph.name or Path(file).stem
+    name = model.graph.name
+    if name in GENERIC_GRAPH_NAMES:
+        name = Path(file).stem
     return {"name": name, "description": description, "input": [h, w, c], "layers": layers}
+
+
+def _infer_shapes(model: Any, onnx: Any) -> None:
+    """Add ONNX's inferred shapes to ``model.graph.value_info``, in place.
+
+    Inference runs on a copy whose large initializers are declared as inputs instead (only
+    their shapes matter), so a 100 MB model is not serialised twice for it. Where inference
+    fails the shapes are simply missing; the layers' own rules still give ours.
+    """
+    light = onnx.ModelProto()
+    light.ir_version = model.ir_version
+    light.opset_import.extend(model.opset_import)
+    g = light.graph
+    g.node.extend(model.graph.node)
+    g.input.extend(model.graph.input)
+    g.output.extend(model.graph.output)
+    declared = {i.name for i in model.graph.input}
+    for init in model.graph.initializer:
+        if init.data_location == onnx.TensorProto.EXTERNAL or \
+                int(np.prod(init.dims, dtype=np.int64)) > 64:
+            if init.name not in declared:
+                g.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type,
+                                                                  list(init.dims)))
+        else:
+            g.initializer.append(init)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(light, data_prop=True)
+    except Exception:  # noqa: BLE001, S110 - shapes then come from our own rules only
+        return
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(inferred.graph.value_info)
 
 
 def _fix_input(model: Any, onnx: Any, file: str, input_shape: Shape | None) -> Any:
@@ -142,14 +174,15 @@ def derived_name(name: str) -> str:
     """A node's layer name: ``/layer1/layer1.0/conv1/Conv`` -> ``layer1.0.conv1``,
     ``C1/tanh`` -> ``C1`` (cnn export's helper nodes), ``conv1`` -> ``conv1``."""
     parts = [p for p in name.strip("/").split("/") if p]
-    if name.startswith("/"):  # PyTorch: the last part is the operator ("/Flatten" -> "")
-        parts = parts + ["op"] if len(parts) == 0 else parts
-    elif len(parts) <= 1:
+    if not name.startswith("/") and len(parts) <= 1:
         return parts[0] if parts else ""
+    # PyTorch (leading '/') and cnn export's helpers: the last part is the operator. PyTorch
+    # qualifies a child by its parent's attribute name: /layer1/layer1.0/downsample/downsample.0
     path = ""
     for seg in parts[:-1]:
-        if path and seg.startswith(path + "."):
-            path = seg
+        prefix, _, last = seg.rpartition(".")
+        if prefix and (path == prefix or path.endswith("." + prefix)):
+            path = f"{path}.{last}"
         else:
             path = f"{path}.{seg}" if path else seg
     return path
@@ -161,6 +194,8 @@ class _Translator:
         self.visited: set[int] = set()
         self.paths: set[str] = set()
         self.notes: list[str] = []
+        self.outer: dict[str, str] = {}  # a shortcut's scope -> its residual block's path
+        self.patterns: dict[int, dict[str, Any]] = {}  # recognised multi-node layers
 
     # -- structure -----------------------------------------------------------------------------
     def chain(self, src: str, dst: str) -> list[Any]:
@@ -180,6 +215,9 @@ class _Translator:
             if len(ins) == 1:
                 items.append(Single(node))
                 t = ins[0]
+            elif len(ins) == 2 and node.op_type == "Mul" and self._even_lrn(node):
+                items.append(Single(node))
+                t = self.patterns[id(node)]["input"]
             elif len(ins) >= 2 and node.op_type in MERGES:
                 fork = g.common_dominator(ins)
                 items.append(Merge(node, [self.chain(fork, i) for i in ins]))
@@ -192,10 +230,49 @@ class _Translator:
         items.reverse()
         return items
 
+    def _even_lrn(self, node: Any) -> bool:
+        """cnn export's even-size LRN, x * (k + alpha/n * window_sum(x^2))^-beta: a Mul of x
+        and Pow <- Add <- Mul <- Reshape <- Conv(ones, n x 1) <- Reshape <- Pow(x, 2)."""
+        g = self.g
+        ins = g.data_inputs(node)
+        for x, t in (ins, ins[::-1]):
+            seq: list[Any] = []
+            while t != x and len(seq) < 7:
+                p = g.producer.get(t)
+                if p is None or len(g.data_inputs(p)) != 1 or id(p) in self.visited:
+                    break
+                seq.append(p)
+                t = g.data_inputs(p)[0]
+            seq.reverse()
+            if t != x or [p.op_type for p in seq] != \
+                    ["Pow", "Reshape", "Conv", "Reshape", "Mul", "Add", "Pow"]:
+                continue
+            consts = [g.const(p, 1) for p in seq]
+            if any(c is None or c.dtype == object for c in consts):
+                continue
+            two, _, ones, _, alpha, k, minus_beta = consts
+            n = ones.shape[2] if ones.ndim == 4 else 0
+            if two.size != 1 or float(two.reshape(())) != 2.0 or ones.shape != (1, 1, n, 1) or \
+                    not (ones == 1).all() or n % 2 or \
+                    list(g.attr(seq[2], "pads", [])) != [n // 2, 0, n // 2 - 1, 0]:
+                continue
+            self.visited.update(id(p) for p in seq)
+            self.patterns[id(node)] = {
+                "input": x, "size": int(n), "alpha": _f32(float(alpha.reshape(())) * n),
+                "beta": _f32(-float(minus_beta.reshape(()))), "k": _f32(float(k.reshape(())))}
+            return True
+        return False
+
     # -- names ---------------------------------------------------------------------------------
     def name(self, node: Any, scope: str, kind: str) -> str:
+        """A unique layer name in ``scope``, from the node's name made relative to the scope
+        (or to the residual block whose shortcut the scope is)."""
         d = derived_name(node.name)
-        rel = d[len(scope) + 1:] if scope and d.startswith(scope + ".") else d
+        rel = d
+        for outer in (scope, self.outer.get(scope)):
+            if outer and d.startswith(outer + "."):
+                rel = d[len(outer) + 1:]
+                break
 
         def full(n: str) -> str:
             return f"{scope}.{n}" if scope else n
@@ -284,6 +361,7 @@ class _Translator:
                 short = short[:-1]
         name = self.name(node, scope, "residual")
         path = f"{scope}.{name}" if scope else name
+        self.outer[f"{path}.shortcut"] = path
         params: dict[str, Any] = {"name": name,
                                   "body": self.translate(body, path),
                                   "shortcut": self.translate(short, f"{path}.shortcut")}
@@ -558,27 +636,6 @@ class _Translator:
                         "beta": float(g.attr(node, "beta", 0.75)),
                         "k": float(g.attr(node, "bias", 1.0)), "convention": "torch"}}
 
-    def _reverses_channels(self, node: Any) -> bool:
-        g = self.g
-        if node.op_type != "Slice" or len(node.input) < 5:
-            return False
-        vals = [g.const(node, k) for k in range(1, 5)]
-        if any(v is None or v.dtype == object for v in vals):
-            return False
-        starts, ends, axes, steps = (v.reshape(-1).tolist() for v in vals)
-        rank = g.rank(node.input[0]) or 4
-        return (len(axes) == 1 and axes[0] % rank == 1 and steps == [-1] and starts == [-1]
-                and ends[0] <= -(2**31))
-
-    def op_Slice(self, node: Any, rest: list[Any], scope: str) -> tuple[Any, int]:
-        # cnn export's even-size LRN: reverse channels, LRN, reverse back
-        if self._reverses_channels(node) and len(rest) >= 2 and \
-                all(isinstance(r, Single) for r in rest[:2]):
-            lrn, back = rest[0].node, rest[1].node
-            if lrn.op_type == "LRN" and self._reverses_channels(back):
-                return self._lrn(lrn, scope), 2
-        raise self.g.node_error(node, "slicing is not in cnncli's layer vocabulary")
-
     def _is_flatten(self, node: Any) -> bool:
         if node.op_type == "Flatten":
             return self.g.attr(node, "axis", 1) == 1
@@ -692,6 +749,11 @@ class _Translator:
         return self._dense(node, rest, scope, w.T, bool(used), used)
 
     def op_Mul(self, node: Any, rest: list[Any], scope: str) -> tuple[Any, int]:
+        if id(node) in self.patterns:  # an even-size LRN (_even_lrn)
+            p = self.patterns[id(node)]
+            return {"lrn": {"name": self.name(node, scope, "lrn"), "size": p["size"],
+                            "alpha": p["alpha"], "beta": p["beta"], "k": p["k"],
+                            "convention": "torch"}}, 0
         raise self.g.node_error(node, "multiplying by a constant is supported only as a "
                                 "residual shortcut's scale (or input normalisation)")
 
@@ -701,6 +763,11 @@ class _Translator:
 
     op_Sub = op_Add
     op_Div = op_Mul
+
+
+def _f32(v: float) -> float:
+    """The shortest decimal that reads back as the same float32 (0.1, not 0.100000001)."""
+    return float(str(np.float32(v)))
 
 
 def _pair(v: Any) -> int | list[int]:
