@@ -194,7 +194,7 @@ class _Translator:
         self.visited: set[int] = set()
         self.paths: set[str] = set()
         self.notes: list[str] = []
-        self.outer: dict[str, str] = {}  # a shortcut's scope -> its residual block's path
+        self.outer: dict[str, str] = {}  # a shortcut's or branch's scope -> its block's path
         self.patterns: dict[int, dict[str, Any]] = {}  # recognised multi-node layers
 
     # -- structure -----------------------------------------------------------------------------
@@ -266,7 +266,7 @@ class _Translator:
     # -- names ---------------------------------------------------------------------------------
     def name(self, node: Any, scope: str, kind: str) -> str:
         """A unique layer name in ``scope``, from the node's name made relative to the scope
-        (or to the residual block whose shortcut the scope is)."""
+        (or to the block whose shortcut or branch the scope is)."""
         d = derived_name(node.name)
         rel = d
         for outer in (scope, self.outer.get(scope)):
@@ -341,6 +341,8 @@ class _Translator:
         if op in ("Concat", "Sum"):
             name = self.name(node, scope, "parallel")
             path = f"{scope}.{name}" if scope else name
+            for k in range(len(item.branches)):
+                self.outer[f"{path}.branch{k + 1}"] = path
             branches = [self.translate(b, f"{path}.branch{k + 1}")
                         for k, b in enumerate(item.branches)]
             merge = "concat" if op == "Concat" else "add"
@@ -357,7 +359,7 @@ class _Translator:
             if value is None:
                 value = g.const(short[-1].node, 0)
             if value is not None and value.dtype != object and value.size == 1:
-                scale = float(value.reshape(()))
+                scale = _f32(float(value.reshape(())))
                 short = short[:-1]
         name = self.name(node, scope, "residual")
         path = f"{scope}.{name}" if scope else name
