@@ -288,6 +288,10 @@ def to_onnx(
     helper = onnx.helper
     if opset < OPSET:
         raise CnnError(f"--opset must be {OPSET} or later (AveragePool-19's ceil-mode edges)")
+    newest = onnx.defs.onnx_opset_version()
+    if opset > newest:
+        raise CnnError(f"--opset {opset}: the installed onnx {onnx.__version__} knows opsets "
+                       f"up to {newest}")
     network = model.network
     g = _Graph(onnx)
     c, h, w = model.input_shape
@@ -321,7 +325,8 @@ def to_onnx(
         producer_name="cnncli",
         doc_string=f"{network.spec.name}, exported by cnncli",
     )
-    proto.ir_version = IR_VERSION
+    # the oldest IR version that carries this opset, so older runtimes still load the file
+    proto.ir_version = max(IR_VERSION, helper.find_min_ir_version_for(list(proto.opset_import)))
     meta = {
         "cnncli.input": "x".join(str(v) for v in network.input),
         META_NORMALIZED: "true" if normalizer is not None else "false",
@@ -382,6 +387,8 @@ def export(source: str | Path, out: str | Path, *, input_shape: Any = None, seed
     out = Path(out)
     if out.is_dir():
         raise CnnError(f"{out}: is a folder; give the .onnx file to write")
+    if out.exists() and out.suffix.lower() != ".onnx":
+        raise CnnError(f"{out}: exists and is not an .onnx file; refusing to replace it")
     model, info, inputs = load_source(source, input_shape=input_shape, seed=seed)
     target = out.resolve()
     for p in inputs:

@@ -97,8 +97,10 @@ def model_spec_dict(model: Any, file: str, input_shape: Shape | None = None) -> 
     if not layers:
         raise SpecError("the graph has no layers cnncli can report", file=file)
     description = f"Imported from {Path(file).name} (ONNX opset {graph.opset})."
-    if tr.notes:
-        description += " " + " ".join(tr.notes)
+    if tr.skipped:
+        ops = ", ".join(f"{n.op_type} ('{n.name}')" if n.name else n.op_type for n in tr.skipped)
+        description += (f" The input preprocessing ({ops}, element-wise by constants) is "
+                        "not a layer and is left out.")
     name = model.graph.name
     if name in GENERIC_GRAPH_NAMES:
         name = Path(file).stem
@@ -193,7 +195,7 @@ class _Translator:
         self.g = graph
         self.visited: set[int] = set()
         self.paths: set[str] = set()
-        self.notes: list[str] = []
+        self.skipped: list[Any] = []  # the input preprocessing left out
         self.outer: dict[str, str] = {}  # a shortcut's or branch's scope -> its block's path
         self.patterns: dict[int, dict[str, Any]] = {}  # recognised multi-node layers
 
@@ -311,14 +313,13 @@ class _Translator:
                 continue
             node = item.node
             if at_input and node.op_type in PREPROCESS and self._is_preprocess(node):
-                self.notes.append(f"Its input preprocessing ({node.op_type} by a constant, "
-                                  f"node '{node.name}') is not a layer and is left out.")
+                self.skipped.append(node)
                 i += 1
                 continue
             at_input = False
             entry, used = self.single(node, nxt, scope)
             if entry is not None:
-                out.append(entry)
+                out.append(_without_defaults(entry))
             i += 1 + used
         return out
 
@@ -411,7 +412,8 @@ class _Translator:
             rank = g.rank(node.input[0])
             default = -1 if g.opset >= 13 else 1
             axis = g.attr(node, "axis", default)
-            if rank is None or axis % rank != 1 or (rank > 2 and g.opset < 13):
+            if (rank is None and axis != 1) or (rank is not None and axis % rank != 1) or \
+                    (rank != 2 and g.opset < 13):
                 raise g.node_error(node, f"softmax over axis {axis} of a rank-{rank} tensor; "
                                    "cnncli's softmax runs over the channels (axis 1)")
             return "softmax", {}
@@ -765,6 +767,20 @@ class _Translator:
 
     op_Sub = op_Add
     op_Div = op_Mul
+
+
+#: Parameters equal to the layer's default are left out of the spec (stride 1, bias true).
+_DEFAULTS = {"conv": {"stride": 1, "padding": 0, "bias": True},
+             "deconv": {"stride": 1, "padding": 0, "bias": True},
+             "dense": {"bias": True}}
+
+
+def _without_defaults(entry: dict[str, Any]) -> dict[str, Any]:
+    ((kind, params),) = entry.items()
+    defaults = dict(_DEFAULTS.get(kind, {}))
+    if kind == "pool":
+        defaults["stride"] = params.get("size")  # a pool's stride defaults to its size
+    return {kind: {k: v for k, v in params.items() if k not in defaults or defaults[k] != v}}
 
 
 def _f32(v: float) -> float:
