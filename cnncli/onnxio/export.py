@@ -387,13 +387,13 @@ def export(source: str | Path, out: str | Path, *, input_shape: Any = None, seed
     out = Path(out)
     if out.is_dir():
         raise CnnError(f"{out}: is a folder; give the .onnx file to write")
-    if out.exists() and out.suffix.lower() != ".onnx":
-        raise CnnError(f"{out}: exists and is not an .onnx file; refusing to replace it")
     model, info, inputs = load_source(source, input_shape=input_shape, seed=seed)
     target = out.resolve()
     for p in inputs:
         if target == p:
             raise CnnError(f"{out}: is the input {source}; choose another --out")
+    if out.exists() and out.suffix.lower() != ".onnx":
+        raise CnnError(f"{out}: exists and is not an .onnx file; refusing to replace it")
     proto = to_onnx(model, normalizer=info["normalizer"] if normalize else None,
                     classes=info["classes"], spec_text=info["spec_text"], opset=opset)
     data = proto.SerializeToString()

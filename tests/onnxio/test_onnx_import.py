@@ -187,7 +187,7 @@ def test_dense_forms_globals_and_activations(tmp_path: Path):
     assert summary == [
         ("c", "conv", "3x3/2, pad 1, relu6", [4, 4, 4], 108),
         ("gap", "pool", "avg 4x4/1", [1, 1, 4], 0),
-        ("head", "conv", "1x1/1, pad 0", [1, 1, 4], 16),
+        ("head", "conv", "1x1/1, pad valid", [1, 1, 4], 16),
         ("flat", "flatten", "", [4], 0),
         ("fc1", "dense", "leaky_relu", [5], 25),
         ("fc2", "dense", "", [3], 15),
@@ -258,7 +258,7 @@ def test_unnamed_nodes_get_type_names(tmp_path: Path):
     g.conv(3, 2, name="").then("Relu", name="").then("Flatten", name="")
     got = report_json(g.save(tmp_path / "m.onnx"))
     assert [(r["name"], r["detail"]) for r in got["layers"]] == [
-        ("conv1", "3x3/1, pad 0, relu"), ("flatten1", "")]
+        ("conv1", "3x3/1, pad valid, relu"), ("flatten1", "")]
 
 
 # -- what cannot be expressed ------------------------------------------------------------------
