@@ -58,6 +58,10 @@ def shapes(
     else:
         source = load_spec(Path(spec), input_shape=input_shape)
     report = compute(source, input_shape=input_shape, batch=batch)
+    if getattr(source, "onnx_dense_inputs", None):
+        from cnncli.onnxio.importer import weight_warnings
+
+        report["warnings"] += weight_warnings(source, report)
     for w in report["warnings"]:
         warn(w)
     if format is ShapesFormat.yaml:

@@ -57,13 +57,32 @@ def load_onnx_spec(path: str | Path, input_shape: Shape | None = None) -> Any:
     from cnncli.spec import spec_from_dict
 
     path = Path(path)
-    data = onnx_spec_dict(path, input_shape)
+    data, dense_inputs = _translate(read_model(path), str(path), input_shape)
     try:
         spec = spec_from_dict(data, input_shape=input_shape)
     except SpecError as exc:
         raise exc.located(file=str(path)) from None
     spec.file, spec.text = str(path), dump_spec(data)
+    spec.onnx_dense_inputs = dense_inputs  # type: ignore[attr-defined]  (weight_warnings)
     return spec
+
+
+def weight_warnings(spec: Any, report: dict[str, Any]) -> list[str]:
+    """Dense layers whose input, at the reported size, is not what their ONNX weight takes
+    (``--input`` other than the model's own): the report follows our rules, the model
+    itself would not run there."""
+    expected = getattr(spec, "onnx_dense_inputs", {})
+    out = []
+    for row in report["layers"]:
+        n_in = expected.get(row["name"])
+        got = int(np.prod(row["input"]))
+        if row["type"] == "dense" and n_in is not None and n_in != got:
+            size = "x".join(str(d) for d in report["input"])
+            out.append(f"{spec.file}: layer '{row['name']}': receives {got:,} units at input "
+                       f"{size} but the model's weight takes {n_in:,}: the report follows the "
+                       "spec's rules, the ONNX model itself runs only where it gets "
+                       f"{n_in:,}")
+    return out
 
 
 def read_model(path: Path) -> Any:
@@ -86,6 +105,13 @@ def onnx_spec_dict(path: str | Path, input_shape: Shape | None = None) -> dict[s
 
 
 def model_spec_dict(model: Any, file: str, input_shape: Shape | None = None) -> dict[str, Any]:
+    """The spec dict of a loaded ``onnx.ModelProto`` (``file`` names it in messages)."""
+    return _translate(model, file, input_shape)[0]
+
+
+def _translate(model: Any, file: str, input_shape: Shape | None
+               ) -> tuple[dict[str, Any], dict[str, int]]:
+    """(spec dict, dense layer path -> the input units its ONNX weight takes)."""
     onnx = require_onnx()
     model = _fix_input(model, onnx, file, input_shape)
     _infer_shapes(model, onnx)
@@ -104,7 +130,8 @@ def model_spec_dict(model: Any, file: str, input_shape: Shape | None = None) -> 
     name = model.graph.name
     if name in GENERIC_GRAPH_NAMES:
         name = Path(file).stem
-    return {"name": name, "description": description, "input": [h, w, c], "layers": layers}
+    data = {"name": name, "description": description, "input": [h, w, c], "layers": layers}
+    return data, tr.dense_inputs
 
 
 def _infer_shapes(model: Any, onnx: Any) -> None:
@@ -196,6 +223,7 @@ class _Translator:
         self.visited: set[int] = set()
         self.paths: set[str] = set()
         self.skipped: list[Any] = []  # the input preprocessing left out
+        self.dense_inputs: dict[str, int] = {}  # dense path -> input units of its weight
         self.outer: dict[str, str] = {}  # a shortcut's or branch's scope -> its block's path
         self.patterns: dict[int, dict[str, Any]] = {}  # recognised multi-node layers
 
@@ -716,8 +744,9 @@ class _Translator:
 
     def _dense(self, node: Any, rest: list[Any], scope: str, w: np.ndarray, bias: bool,
                used: int) -> tuple[Any, int]:
-        params: dict[str, Any] = {"name": self.name(node, scope, "dense"),
-                                  "units": int(w.shape[0]), "bias": bias}
+        name = self.name(node, scope, "dense")
+        self.dense_inputs[f"{scope}.{name}" if scope else name] = int(w.shape[1])
+        params: dict[str, Any] = {"name": name, "units": int(w.shape[0]), "bias": bias}
         act, more = self.fuse_activation(node, rest[used:])
         if act is None and used:  # MatMul + Add: the activation is named like either
             act, more = self.fuse_activation(rest[0].node, rest[used:])

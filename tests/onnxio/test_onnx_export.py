@@ -368,6 +368,10 @@ def test_export_never_writes_over_its_input(tmp_path: Path, lenet_run: Path):
     ckpt = best.read_bytes()
     line = _one_error_line(cnn("export", lenet_run, "--out", best))
     assert "is the input" in line and best.read_bytes() == ckpt
+    last = lenet_run / "checkpoints" / "last.npz"  # not read, but not to be lost either
+    kept = last.read_bytes()
+    line = _one_error_line(cnn("export", lenet_run, "--out", last))
+    assert "exists and is not an .onnx file" in line and last.read_bytes() == kept
 
 
 def test_export_errors_are_one_line_and_leave_files_alone(tmp_path: Path, lenet_run: Path):
@@ -383,6 +387,8 @@ def test_export_errors_are_one_line_and_leave_files_alone(tmp_path: Path, lenet_
     assert "no such" in _one_error_line(cnn("export", tmp_path / "nope.npz", "--out", old))
     assert "--input is for a spec" in _one_error_line(
         cnn("export", lenet_run, "--out", old, "--input", "28x28x1"))
+    assert "knows opsets up to" in _one_error_line(
+        cnn("export", ROOT / "architectures" / "lenet5.yaml", "--out", old, "--opset", "99"))
     assert "--opset must be 19" in _one_error_line(
         cnn("export", ROOT / "architectures" / "lenet5.yaml", "--out", old, "--opset", "17"))
     assert old.read_bytes() == b"keep me"

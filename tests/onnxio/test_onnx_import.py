@@ -151,6 +151,13 @@ def test_input_override_on_onnx(tmp_path: Path):
     got = report_json(DATA / "tiny_resnet_torch.onnx", "--input", "32x32x3")
     want = shapes(DATA / "tiny_resnet.yaml", input_shape=(32, 32, 3))
     assert rows(got) == rows(want) and got["input"] == [32, 32, 3]
+    assert got["warnings"] == []  # global pooling: fc still gets 16 units
+    lenet = report_json(DATA / "lenet5_torch.onnx", "--input", "32x32x1")
+    assert lenet["layers"][9]["params"] == 480 * 84 + 84  # as the YAML spec would say...
+    assert len(lenet["warnings"]) == 1  # ...but the model's own weight takes 120 units
+    assert "layer 'F6': receives 480 units at input 32x32x1 but the model's weight takes 120" \
+        in lenet["warnings"][0]
+    assert report_json(DATA / "lenet5_torch.onnx")["warnings"] == []
     line = error_line(DATA / "tiny_resnet_torch.onnx", "--input", "32x32x1")
     assert "tiny_resnet_torch.onnx" in line and "3 channels, --input gives 1" in line
 
