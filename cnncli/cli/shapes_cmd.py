@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -12,10 +13,20 @@ from cnncli.cli.app import app
 from cnncli.cli.common import OutputFormat, handle_errors, stdout, warn, write_stdout
 
 
+class ShapesFormat(str, Enum):
+    """``cnn shapes`` formats: the report ones, and yaml (the spec itself, e.g. from ONNX)."""
+
+    table = "table"
+    json = "json"
+    csv = "csv"
+    markdown = "markdown"
+    yaml = "yaml"
+
+
 @app.command()
 @handle_errors
 def shapes(
-    spec: Annotated[str, typer.Argument(help="Architecture YAML file, or - for stdin.")],
+    spec: Annotated[str, typer.Argument(help="Architecture YAML file, ONNX model (.onnx), or - for stdin.")],
     input: Annotated[
         str | None, typer.Option("--input", "-i", help="Override the input, HxWxC.")
     ] = None,
@@ -23,8 +34,8 @@ def shapes(
         int, typer.Option("--batch", "-b", min=1, help="Batch size for activation memory.")
     ] = 1,
     format: Annotated[
-        OutputFormat, typer.Option("--format", "-f", help="Output format.")
-    ] = OutputFormat.table,
+        ShapesFormat, typer.Option("--format", "-f", help="Output format (yaml: the spec).")
+    ] = ShapesFormat.table,
     explain: Annotated[
         bool,
         typer.Option(
@@ -35,21 +46,33 @@ def shapes(
     """Every layer's output size, parameters, multiply-adds and receptive field."""
     from cnncli.cli import render
     from cnncli.shapes import shapes as compute
-    from cnncli.spec import parse_hwc, parse_spec
+    from cnncli.spec import load_spec, parse_hwc, parse_spec
 
     input_shape = parse_hwc(input) if input else None
     if spec == "-":
         source = parse_spec(sys.stdin.read(), file="<stdin>", input_shape=input_shape)
+    elif spec.lower().endswith(".onnx"):
+        from cnncli.onnxio.importer import load_onnx_spec
+
+        source = load_onnx_spec(spec, input_shape=input_shape)
     else:
-        source = Path(spec)
+        source = load_spec(Path(spec), input_shape=input_shape)
     report = compute(source, input_shape=input_shape, batch=batch)
+    if getattr(source, "onnx_dense_inputs", None):
+        from cnncli.onnxio.importer import weight_warnings
+
+        report["warnings"] += weight_warnings(source, report)
     for w in report["warnings"]:
         warn(w)
-    if format is OutputFormat.json:
+    if format is ShapesFormat.yaml:
+        from cnncli.onnxio.specyaml import spec_yaml
+
+        write_stdout(spec_yaml(source, input_shape))
+    elif format is ShapesFormat.json:
         write_stdout(render.shapes_json(report))
-    elif format is OutputFormat.csv:
+    elif format is ShapesFormat.csv:
         write_stdout(render.shapes_csv(report))
-    elif format is OutputFormat.markdown:
+    elif format is ShapesFormat.markdown:
         write_stdout(render.shapes_markdown(report))
     else:
         stdout.print(render.shapes_table(report, explain=explain))
