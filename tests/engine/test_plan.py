@@ -1,0 +1,142 @@
+"""The plan: every node gets a step once, fusions are steps, EngineOptions switch them,
+and whatever the plan chose, the numbers are those of the plain im2col twin."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+import cnncli.cli.main  # noqa: F401  (registers the commands)
+from cnncli.cli.app import app
+from cnncli.engine import autotune, build_model
+from cnncli.ops import _threads
+from cnncli.ops.options import EngineOptions, twin_options
+
+#: A small net with every fused step and several kernel paths: depthwise, pointwise
+#: (strided), Winograd, im2col (stride 2), crop (3x3 on a 1x1 map), conv+ReLU+pool.
+SPEC = {"name": "mix", "input": [16, 16, 3], "layers": [
+    {"conv": {"name": "stem", "filters": 16, "kernel": 3, "padding": 1, "bias": False}},
+    {"batchnorm": {"name": "bn"}}, {"relu": {"name": "r"}},
+    {"residual": {"name": "res", "body": [
+        {"conv": {"name": "a", "filters": 16, "kernel": 3, "padding": 1}},
+        {"batchnorm": {"name": "bn"}}, {"relu6": {"name": "r6"}},
+        {"conv": {"name": "dw", "filters": 16, "kernel": 3, "padding": 1, "groups": 16}},
+        {"batchnorm": {"name": "bn2"}}]}},
+    {"conv": {"name": "w", "filters": 16, "kernel": 3, "padding": 1, "activation": "relu"}},
+    {"pool": {"name": "p", "type": "max", "size": 2}},
+    {"residual": {"name": "down", "body": [
+        {"conv": {"name": "s2", "filters": 24, "kernel": 3, "stride": 2, "padding": 1}}],
+        "shortcut": [{"conv": {"name": "proj", "filters": 24, "kernel": 1, "stride": 2}}]}},
+    {"pool": {"name": "gp", "type": "max", "size": 3, "stride": 2, "padding": 1}},
+    {"pool": {"name": "gp2", "type": "max", "size": 2}},
+    {"conv": {"name": "tiny", "filters": 8, "kernel": 3, "padding": 1}},
+    "flatten", {"dense": {"name": "d", "units": 5}}]}
+
+
+def test_fusions_and_paths():
+    model = build_model(SPEC)
+    plan = model.plan
+    assert plan.fusions() == {"bn": ("r",), "res.bn": ("res.r6",), "w": ("p",)}
+    assert plan.describe("r") == ("fused", "bn")
+    paths = {p: plan.describe(p)[0] for p in ("stem", "res.a", "res.dw", "down.s2",
+                                               "down.shortcut.proj", "tiny")}
+    assert paths["res.dw"] == "depthwise"
+    assert paths["down.shortcut.proj"] == "pointwise"
+    assert paths["down.s2"] == "im2col"
+    assert "live taps 1x1" in paths["tiny"]  # a 3x3 conv on a 1x1 map
+    assert plan.describe("res")[0] == "add + ReLU, one pass"
+    off = EngineOptions(fuse_bn_act=False, fuse_relu_maxpool=False)
+    assert build_model(SPEC, options=off).plan.fusions() == {}
+    twin = build_model(SPEC, options=twin_options()).plan
+    assert {twin.describe(p)[0] for p in paths} <= {"im2col", "pointwise"}
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_fast_plan_matches_the_twin(workers, dtype):
+    """Every fast path and fusion of SPEC against the plain twin: float64 to rounding,
+    float32 to about 1e-5 relative (Winograd), in training, split over threads or not."""
+    _threads.set_workers(workers)
+    try:
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((18, 3, 16, 16)).astype(dtype)
+        dy = rng.standard_normal((18, 5)).astype(dtype)
+        out = []
+        for opts in (EngineOptions(), twin_options()):
+            model = build_model(SPEC, dtype=dtype, seed=3, options=opts)
+            y = model.forward(x, training=True)
+            dx = model.backward(dy)
+            out.append((y, dx, {k: g.copy() for k, g in model.grads.items()},
+                        {k: b.copy() for k, b in model.buffers.items()}))
+    finally:
+        _threads.set_workers(None)
+    tol = 1e-10 if dtype == np.float64 else 2e-4
+    (y, dx, g, b), (y1, dx1, g1, b1) = out
+    for got, want, name in [(y, y1, "y"), (dx, dx1, "dx")] + [
+            (g[k], g1[k], k) for k in g1] + [(b[k], b1[k], k) for k in b1]:
+        scale = max(1.0, float(np.abs(want).max()))
+        np.testing.assert_allclose(got, want, rtol=0, atol=tol * scale, err_msg=name)
+
+
+def test_residual_add_relu_fusion_is_bit_identical():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((4, 3, 16, 16))
+    dy = rng.standard_normal((4, 5))
+    out = []
+    for fuse in (True, False):
+        model = build_model(SPEC, dtype=np.float64, seed=2,
+                            options=EngineOptions(fuse_add_act=fuse))
+        assert (model.plan.describe("res")[0] != "") == fuse
+        out.append((model.forward(x, training=True), model.backward(dy)))
+    for a, b in zip(*out):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_autotune_caches_its_choice_and_changes_no_result(tmp_path, monkeypatch):
+    cache = tmp_path / "at.json"
+    model = build_model(SPEC, seed=1)
+    x = np.random.default_rng(2).standard_normal((4, 3, 16, 16)).astype(np.float32)
+    want = model.forward(x)
+    report = model.tune(4, cache_file=cache)
+    names = {r["name"] for r in report}
+    assert names == {"stem", "res.a", "res.dw", "down.s2", "down.shortcut.proj", "tiny"}
+    assert not any(r["cached"] for r in report)
+    entries = json.loads(cache.read_text())["entries"]
+    assert len(entries) == len(names)
+    for r in report:  # every candidate was timed, the fastest kept per direction
+        t = r["timings_ms"]
+        step = model.plan.by_path[r["name"]]
+        algo = step.kwargs["algo"]
+        for d in ("fwd", "dx", "dw"):
+            assert getattr(algo, d) == min(t[d], key=t[d].get)
+    np.testing.assert_allclose(model.forward(x), want, rtol=0, atol=1e-4)
+
+    def no_timing(*args, **kwargs):
+        raise AssertionError("a cached shape was timed again")
+
+    monkeypatch.setattr(autotune, "_tune_one", no_timing)
+    again = build_model(SPEC, seed=1).tune(4, cache_file=cache)
+    assert all(r["cached"] for r in again)
+
+
+def test_cnn_time_reports_the_path_of_each_layer(tmp_path, monkeypatch):
+    spec = tmp_path / "mix.yaml"
+    import yaml
+
+    spec.write_text(yaml.safe_dump(SPEC))
+    result = CliRunner().invoke(app, ["time", str(spec), "--batch", "4", "--iterations", "1",
+                                      "--format", "json"])
+    assert result.exit_code == 0, result.output
+    rows = {r["name"]: r for r in json.loads(result.stdout)["layers"]}
+    assert rows["res.dw"]["path"] == "depthwise"
+    assert rows["r"]["fused_into"] == "bn" and rows["r"]["path"] == "fused"
+    assert rows["stem"]["gflops"] > 0 and rows["bn"]["gflops"] is None
+    monkeypatch.setenv("CNNCLI_CACHE_DIR", str(tmp_path / "cache"))
+    tuned = CliRunner().invoke(app, ["time", str(spec), "--batch", "4", "--iterations", "1",
+                                     "--autotune"])
+    assert tuned.exit_code == 0, tuned.output
+    assert (tmp_path / "cache" / "autotune.json").exists()
+    assert "depthwise" in tuned.stdout
