@@ -46,35 +46,11 @@ def _torch():
 
 
 def torch_model(model, torch):
-    """The same network in PyTorch, with our initial weights copied in (OIHW, [out, in])."""
-    nn = torch.nn
-    layers = []
-    for node in (n for n in model.network.rows() if not n.layer.is_block):
-        cfg, t = node.layer.cfg, node.type
-        if t == "conv":
-            c = node.in_shape[2]
-            m = nn.Conv2d(c, cfg["filters"], cfg["kernel"], cfg["stride"], node.layer.pad,
-                          bias=cfg["bias"])
-        elif t == "dense":
-            m = nn.Linear(node.params["weight"][1], cfg["units"], bias=cfg["bias"])
-        elif t == "pool":
-            m = (nn.MaxPool2d if cfg["type"] == "max" else nn.AvgPool2d)(cfg["size"], cfg["stride"])
-        elif t == "flatten":
-            m = nn.Flatten()
-        elif t in ("relu", "tanh", "sigmoid"):
-            m = {"relu": nn.ReLU(), "tanh": nn.Tanh(), "sigmoid": nn.Sigmoid()}[t]
-        else:
-            raise SystemExit(f"benchmark: no PyTorch twin for layer type {t}")
-        if node.params:
-            with torch.no_grad():
-                m.weight.copy_(torch.from_numpy(model.get(f"{node.path}.weight")))
-                if cfg["bias"]:
-                    m.bias.copy_(torch.from_numpy(model.get(f"{node.path}.bias")))
-        layers.append(m)
-        act = cfg.get("activation")
-        if act is not None and act[0] != "softmax":  # softmax fused into the loss
-            layers.append({"relu": nn.ReLU(), "tanh": nn.Tanh(), "sigmoid": nn.Sigmoid()}[act[0]])
-    return nn.Sequential(*layers)
+    """The same network in PyTorch, with our initial weights copied in (torch_twin.py)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from torch_twin import torch_twin
+
+    return torch_twin(model, torch)
 
 
 def ours_train_epoch(model, opt, x, y, bs):
@@ -113,14 +89,14 @@ def torch_forward(net, x, bs, torch):
     return len(x) / (time.perf_counter() - t0)
 
 
-def workload(name, spec, x, y, x_eval, rounds, bs, eval_bs, lr):
+def workload(name, spec, x, y, x_eval, rounds, bs, eval_bs, lr, input_shape=None):
     import numpy as np
 
     from cnncli.engine import build_model
     from cnncli.optim import make_optimizer
 
     torch = _torch()
-    model = build_model(spec, seed=0)
+    model = build_model(spec, seed=0, input_shape=input_shape)
     net = torch_model(model, torch) if torch else None
     opt = make_optimizer("sgd", lr=lr, momentum=0.9)
     if torch:
@@ -136,11 +112,14 @@ def workload(name, spec, x, y, x_eval, rounds, bs, eval_bs, lr):
     for _ in range(rounds):
         res["ours_train"].append(ours_train_epoch(model, opt, x, y, bs))
         if torch:
+            net.train()
             res["torch_train"].append(torch_train_epoch(net, topt, tx, ty, bs, torch))
         res["ours_eval"].append(ours_forward(model, x_eval, eval_bs))
         if torch:
+            net.eval()
             res["torch_eval"].append(torch_forward(net, tex, eval_bs, torch))
-    out = {"name": name, "batch": bs, "eval_batch": eval_bs}
+    macs = sum(n.macs for top in model.network.nodes for n in top.walk())
+    out = {"name": name, "batch": bs, "eval_batch": eval_bs, "macs_per_image": macs}
     for k, v in res.items():
         out[k] = statistics.median(v) if v else None
     for kind in ("train", "eval"):
@@ -150,21 +129,58 @@ def workload(name, spec, x, y, x_eval, rounds, bs, eval_bs, lr):
     return out
 
 
-def run_all(rounds: int) -> list[dict]:
+#: The networks people train next (issue 11): shipped spec, input size, batches per round.
+GENERAL = {
+    "resnet18-32": ("ResNet-18 32x32x3", "resnet18", (32, 32, 3), 6),
+    "resnet18-64": ("ResNet-18 64x64x3", "resnet18", (64, 64, 3), 3),
+    "mobilenetv2-64": ("MobileNetV2 64x64x3", "mobilenet_v2", (64, 64, 3), 3),
+    "vgg16-32": ("VGG-16 32x32x3", "vgg16", (32, 32, 3), 2),
+}
+WORKLOADS = ("lenet", "cifar", *GENERAL)
+
+
+def run_all(rounds: int, which: tuple[str, ...] = WORKLOADS) -> list[dict]:
     import numpy as np
 
     from cnncli.data.dataset import load_dataset
 
-    splits = load_dataset(ROOT / "sample_data/mnist", (32, 32, 1))
-    results = [workload("LeNet-5 (MNIST 4,000 train)", ROOT / "architectures/lenet5.yaml",
-                        splits.train.x, splits.train.y, splits.test.x, rounds, 64, 1000, 0.05)]
+    results = []
+    if "lenet" in which:
+        splits = load_dataset(ROOT / "sample_data/mnist", (32, 32, 1))
+        results.append(workload("LeNet-5 (MNIST 4,000 train)", ROOT / "architectures/lenet5.yaml",
+                                splits.train.x, splits.train.y, splits.test.x, rounds, 64, 1000,
+                                0.05))
     rng = np.random.default_rng(0)
-    xc = rng.standard_normal((1024, 3, 32, 32)).astype(np.float32)
-    yc = rng.integers(0, 10, 1024).astype(np.int64)
-    cifar = ROOT / "architectures/cifar_cnn.yaml"
-    results.append(workload("CIFAR-sized CNN (random 32x32x3)", cifar, xc, yc, xc[:512],
-                            rounds, 64, 64, 0.01))
+    if "cifar" in which:
+        xc = rng.standard_normal((1024, 3, 32, 32)).astype(np.float32)
+        yc = rng.integers(0, 10, 1024).astype(np.int64)
+        cifar = ROOT / "architectures/cifar_cnn.yaml"
+        results.append(workload("CIFAR-sized CNN (random 32x32x3)", cifar, xc, yc, xc[:512],
+                                rounds, 64, 64, 0.01))
+    for key in (k for k in GENERAL if k in which):
+        label, arch, (h, w, c), batches = GENERAL[key]
+        x = rng.standard_normal((32 * batches, c, h, w)).astype(np.float32)
+        y = rng.integers(0, 1000, 32 * batches).astype(np.int64)
+        results.append(workload(f"{label} (batch 32)", ROOT / f"architectures/{arch}.yaml",
+                                x, y, x, rounds, 32, 32, 0.01, input_shape=(h, w, c)))
     return results
+
+
+def path_table(key: str) -> None:
+    """The kernel path the plan chose for every conv of a workload, and its times."""
+    from cnncli.engine import build_model
+    from cnncli.engine.timing import time_layers
+
+    _, arch, shape, _ = GENERAL[key]
+    model = build_model(ROOT / f"architectures/{arch}.yaml", input_shape=shape)
+    rep = time_layers(model, batch=32, iterations=3)
+    print(f"\n{key}: per-layer paths (batch 32, first part's ms)")
+    for r in rep["layers"]:
+        if r["type"] in ("sequential", "residual", "parallel") or r["fused_into"]:
+            continue
+        gf = "" if r["gflops"] is None else f"{r['gflops']:6.0f} GFLOP/s"
+        print(f"  {r['name']:28} {r['type']:11} {r['path'][:40]:40} "
+              f"{r['forward_ms']:7.2f} {r['backward_ms']:7.2f} ms {gf}")
 
 
 def gemm_gflops() -> float:
@@ -236,6 +252,47 @@ for epoch in range(int(sys.argv[2])):
 '''
 
 
+TORCH_RESNET18 = r'''
+import sys, numpy as np, torch
+torch.set_num_threads(2)
+nn = torch.nn
+class Block(nn.Module):
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.c1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False); self.b1 = nn.BatchNorm2d(cout)
+        self.c2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False); self.b2 = nn.BatchNorm2d(cout)
+        self.down = None if stride == 1 and cin == cout else nn.Sequential(
+            nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+    def forward(self, x):
+        s = x if self.down is None else self.down(x)
+        return torch.relu(self.b2(self.c2(torch.relu(self.b1(self.c1(x))))) + s)
+layers = [nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
+          nn.MaxPool2d(3, 2, 1)]
+cin = 64
+for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+    layers += [Block(cin, cout, stride), Block(cout, cout, 1)]; cin = cout
+net = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, 1000))
+opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+x = torch.randn(32, 3, 64, 64); y = torch.randint(0, 1000, (32,))
+for _ in range(int(sys.argv[1])):
+    opt.zero_grad(); nn.functional.cross_entropy(net(x), y).backward(); opt.step()
+'''
+
+OURS_RESNET18 = r'''
+import sys, numpy as np
+from cnncli.engine import build_model
+from cnncli.optim import make_optimizer
+from cnncli.train.loop import train_step
+model = build_model(sys.argv[2], input_shape=(64, 64, 3))
+opt = make_optimizer("sgd", lr=0.01, momentum=0.9)
+rng = np.random.default_rng(0)
+x = rng.standard_normal((32, 3, 64, 64)).astype(np.float32)
+y = rng.integers(0, 1000, 32)
+for _ in range(int(sys.argv[1])):
+    train_step(model, opt, x, y)
+'''
+
+
 def memory_and_startup(memory: bool, startup: bool) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="cnnbench-"))
     try:
@@ -251,6 +308,18 @@ def memory_and_startup(memory: bool, startup: bool) -> None:
                 _, theirs = measure_process([sys.executable, str(script),
                                              str(ROOT / "sample_data/mnist"), "2"])
                 print(f", PyTorch script {theirs:,.0f} MiB (ratio {ours / theirs:.2f})")
+            else:
+                print()
+            ours_py, torch_py = tmp / "ours_r18.py", tmp / "torch_r18.py"
+            ours_py.write_text(OURS_RESNET18)
+            _, ours = measure_process([sys.executable, str(ours_py), "5",
+                                       str(ROOT / "architectures/resnet18.yaml")])
+            print(f"peak RSS, ResNet-18 64x64 batch 32, 5 training steps: cnncli {ours:,.0f} MiB",
+                  end="")
+            if importlib.util.find_spec("torch") is not None:
+                torch_py.write_text(TORCH_RESNET18)
+                _, theirs = measure_process([sys.executable, str(torch_py), "5"])
+                print(f", PyTorch {theirs:,.0f} MiB (ratio {ours / theirs:.2f})")
             else:
                 print()
         if startup:
@@ -276,6 +345,10 @@ def main() -> None:
     ap.add_argument("--memory", action="store_true", help="peak RSS of cnn train vs PyTorch")
     ap.add_argument("--startup", action="store_true", help="time to first batch, cold and warm")
     ap.add_argument("--json", action="store_true", help="print results as JSON (for --scaling)")
+    ap.add_argument("--workloads", default=",".join(WORKLOADS),
+                    help=f"comma-separated subset of {', '.join(WORKLOADS)}")
+    ap.add_argument("--paths", action="store_true",
+                    help="also print the per-layer kernel paths of the general networks")
     args = ap.parse_args()
     _set_threads(args.threads)
     if args.memory or args.startup:
@@ -285,9 +358,14 @@ def main() -> None:
     torch = _torch()
     if torch and args.threads:
         torch.set_num_threads(args.threads)
+    which = tuple(w.strip() for w in args.workloads.split(",") if w.strip())
+    bad = [w for w in which if w not in WORKLOADS]
+    if bad:
+        raise SystemExit(f"unknown workload(s) {', '.join(bad)}; "
+                         f"choose from {', '.join(WORKLOADS)}")
     if args.scaling:
-        one = _child(["--rounds", str(args.rounds)], 1)
-        two = _child(["--rounds", str(args.rounds)], 2)
+        one = _child(["--rounds", str(args.rounds), "--workloads", args.workloads], 1)
+        two = _child(["--rounds", str(args.rounds), "--workloads", args.workloads], 2)
         print_table(one["results"], "1 thread")
         print_table(two["results"], "2 threads")
         print("\nspeed-up from 1 to 2 threads (cnncli / torch):")
@@ -298,7 +376,7 @@ def main() -> None:
                 print(f"  {a['name']:36} {kind:5} {ours:.2f}x / "
                       f"{'-' if theirs is None else f'{theirs:.2f}x'}")
     else:
-        results = run_all(args.rounds)
+        results = run_all(args.rounds, which)
         if args.json:
             print(json.dumps({"results": results}))
             return
@@ -306,10 +384,15 @@ def main() -> None:
         print_table(results, f"{threads} thread(s); median of {args.rounds} alternating rounds"
                     + ("" if torch else " (PyTorch not installed: no comparison)"))
         gf = gemm_gflops()
-        cifar = results[1]["ours_train"]
-        flops = 3 * 2 * 25_530_000  # forward + two backward products per MAC, 2 FLOPs each
-        print(f"\nNumPy float32 GEMM here: {gf:,.0f} GFLOP/s; CIFAR CNN training achieves "
-              f"{cifar * flops / 1e9:,.0f} GFLOP/s = {100 * cifar * flops / 1e9 / gf:.0f}% of it")
+        print(f"\nNumPy float32 GEMM here: {gf:,.0f} GFLOP/s. Training rate counted as direct "
+              "convolution (3 products of 2 FLOPs per multiply-add; Winograd does fewer):")
+        for r in results:
+            flops = 6 * r["macs_per_image"]
+            rate = r["ours_train"] * flops / 1e9
+            print(f"  {r['name']:36} {rate:6,.0f} GFLOP/s = {100 * rate / gf:3.0f}% of GEMM")
+        if args.paths:
+            for key in (k for k in GENERAL if k in which):
+                path_table(key)
 
 
 if __name__ == "__main__":

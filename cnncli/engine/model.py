@@ -197,6 +197,7 @@ class Model:
         depends only on the batch size and the thread count, so results are
         deterministic for a given thread count."""
         x = self.check_input(x)
+        self.release()  # the last pass's activations go before this pass makes its own
         rng = rng if rng is not None else self.training_rng
         head = self.softmax_head if logits else None
         nodes = self.network.nodes
@@ -219,6 +220,7 @@ class Model:
             results = _threads.run_parts(part, ranges,
                                          on_error=rdv.abort if rdv is not None else None)
         self._runs, self._ranges_run = runs, ranges
+        shared.clear()  # the forward's prepared weights; the backward prepares its own
         self._cache = [caches for _, caches in results]
         if len(results) == 1:
             return results[0][0]
@@ -263,15 +265,15 @@ class Model:
         with _threads.engine_region():
             dxs = _threads.run_parts(part, ranges, on_error=(
                 runs[0].rendezvous.abort if len(runs) > 1 else None))
+        runs[0].shared.clear()
         # gradients summed over the parts in part order (deterministic)
         for name, g in runs[0].grads.items():
             if len(runs) == 1:
                 self.grads[name] = g
                 continue
-            total = np.array(g, copy=True)
-            for run in runs[1:]:
-                total += run.grads[name]
-            self.grads[name] = total
+            for run in runs[1:]:  # into the first part's array: each part's are its own
+                g += run.grads[name]
+            self.grads[name] = g
         if not input_grad:
             return None
         if len(dxs) == 1:

@@ -109,6 +109,10 @@ class PassCache:
         self._lock = threading.Lock()
         self._items: dict = {}
 
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
     def get(self, key, make):
         with self._lock:
             if key not in self._items:
