@@ -119,6 +119,8 @@ class Model:
         self.timer: dict[str, list[float]] | None = None
         self._runs: list[_Run] | None = None
         self._ranges_run: list[tuple[int, int]] = []
+        #: The ops' scratch buffers for this model's passes (reused from step to step).
+        self.workspaces: dict[tuple, np.ndarray] = {}
         self.training_rng = np.random.default_rng(rng.integers(2**63))
         last = network.nodes[-1] if network.nodes else None
         self.softmax_head = _softmax_head(last)
@@ -216,7 +218,7 @@ class Model:
         def part(lo: int, hi: int, p: int):
             return runs[p].run(nodes, x[lo:hi])
 
-        with _threads.engine_region():
+        with _threads.engine_region(), _threads.workspaces_of(self.workspaces):
             results = _threads.run_parts(part, ranges,
                                          on_error=rdv.abort if rdv is not None else None)
         self._runs, self._ranges_run = runs, ranges
@@ -262,7 +264,7 @@ class Model:
         def part(lo: int, hi: int, p: int):
             return runs[p].unrun(nodes, dy[lo:hi], caches[p])
 
-        with _threads.engine_region():
+        with _threads.engine_region(), _threads.workspaces_of(self.workspaces):
             dxs = _threads.run_parts(part, ranges, on_error=(
                 runs[0].rendezvous.abort if len(runs) > 1 else None))
         runs[0].shared.clear()

@@ -254,7 +254,23 @@ class Rendezvous:
 # workspaces: scratch buffers reused across calls, one set per part
 # ---------------------------------------------------------------------------------------
 
+#: Scratch buffers of op calls made outside a model's pass (tests, benchmarks).
 _workspaces: dict[tuple, np.ndarray] = {}
+#: The store of the model whose pass is running (Model.forward/backward set it; the parts'
+#: threads inherit it with the caller's context), so scratch memory belongs to the model
+#: and goes with it.
+_store: contextvars.ContextVar[dict | None] = contextvars.ContextVar("cnncli_workspaces",
+                                                                    default=None)
+
+
+@contextmanager
+def workspaces_of(store: dict):
+    """Make ``store`` (a model's dict) hold the scratch buffers of the ops run inside."""
+    token = _store.set(store)
+    try:
+        yield
+    finally:
+        _store.reset(token)
 
 
 def _owner() -> int:
@@ -265,12 +281,16 @@ def _owner() -> int:
 
 def workspace(tag: str, part: int, size: int, dtype: Any) -> np.ndarray:
     """A 1-D scratch array of at least ``size`` elements, reused across calls with the
-    same (tag, part, dtype) within the passes of one calling thread. Its contents are
-    undefined; callers overwrite what they use. Never hand a workspace (or a view of one)
-    out of the op: the next call reuses it."""
+    same (tag, part, dtype) within the passes of one calling thread (in the running
+    model's store, else the module's). Its contents are undefined; callers overwrite what
+    they use. Never hand a workspace (or a view of one) out of the op: the next call
+    reuses it."""
+    store = _store.get()
+    if store is None:
+        store = _workspaces
     key = (tag, part, np.dtype(dtype).str, _owner())
-    buf = _workspaces.get(key)
+    buf = store.get(key)
     if buf is None or buf.size < size:
         buf = np.empty(max(size, 1), dtype=dtype)
-        _workspaces[key] = buf
+        store[key] = buf
     return buf[:size]

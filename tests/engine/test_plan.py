@@ -140,3 +140,13 @@ def test_cnn_time_reports_the_path_of_each_layer(tmp_path, monkeypatch):
     assert tuned.exit_code == 0, tuned.output
     assert (tmp_path / "cache" / "autotune.json").exists()
     assert "depthwise" in tuned.stdout
+
+
+def test_scratch_buffers_belong_to_the_model(monkeypatch):
+    monkeypatch.setattr(_threads, "_workspaces", {})
+    model = build_model(SPEC)
+    x = np.zeros((16, 3, 16, 16), dtype=np.float32)
+    y = model.forward(x, training=True)
+    model.backward(np.ones_like(y))
+    assert model.workspaces and not _threads._workspaces
+    assert {k[0] for k in model.workspaces} >= {"dw.plane", "pool.plane"}
