@@ -274,7 +274,9 @@ class Model:
                 self.grads[name] = g
                 continue
             for run in runs[1:]:  # into the first part's array: each part's are its own
-                g += run.grads[name]
+                other = run.grads[name]
+                if other is not None:  # None: the first part's array holds the whole sum
+                    g += other
             self.grads[name] = g
         if not input_grad:
             return None

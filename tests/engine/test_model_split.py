@@ -198,3 +198,31 @@ def test_models_run_from_several_user_threads_do_not_share_scratch():
     for i in range(2):
         for y in got[i]:
             np.testing.assert_array_equal(y, want[i])
+
+
+def test_large_dense_layers_split_their_outputs(two_workers, monkeypatch):
+    """A dense layer with large weights, in a batch run in parts, computes blocks of its
+    outputs over the whole batch (weights read once); same results as one piece."""
+    from cnncli.layers import core
+
+    monkeypatch.setattr(core, "COLUMN_SPLIT_WEIGHTS", 64)
+    spec = {"name": "fc", "input": [4, 4, 2], "layers": [
+        "flatten", {"dense": {"name": "a", "units": 13, "activation": "tanh"}},
+        {"dense": {"name": "b", "units": 7, "bias": False}},
+        {"dense": {"name": "c", "units": 3, "activation": "softmax"}}]}
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((19, 2, 4, 4))
+    dy = rng.standard_normal((19, 3))
+    results = []
+    for part_min in (model_mod._PART_MIN, 10**6):
+        monkeypatch.setattr(model_mod, "_PART_MIN", part_min)
+        model = build_model(spec, dtype=np.float64, seed=2)
+        results.append(_pass(model, x, dy))
+        if part_min < 19:  # the split run did take the column path
+            assert isinstance(model._cache[0][1], core._ColumnCache)
+    (y, dx, g), (y1, dx1, g1) = results
+    np.testing.assert_allclose(y, y1, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(dx, dx1, rtol=0, atol=1e-12)
+    assert g.keys() == g1.keys()
+    for k in g:
+        np.testing.assert_allclose(g[k], g1[k], rtol=0, atol=1e-12, err_msg=k)
