@@ -163,10 +163,10 @@ class Dense(Layer):
         return dx.reshape(shape)
 
 
-#: Dense layers with at least this many weights split their outputs over the parts of a
+#: Dense layers with at least this many weights (16 MB in float32) split their outputs over the parts of a
 #: batch run in parts (below it, reading the weights once per part is cheaper than the
 #: rendezvous).
-COLUMN_SPLIT_WEIGHTS = 1 << 20
+COLUMN_SPLIT_WEIGHTS = 1 << 22
 
 
 class _ColumnCache(NamedTuple):

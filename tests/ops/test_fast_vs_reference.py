@@ -543,3 +543,23 @@ def test_conv_transpose2d_finite_differences(s, p, op, d, groups, k):
     np.testing.assert_allclose(dx, ref.numerical_gradient(loss_of_x, x, dy), atol=1e-6)
     np.testing.assert_allclose(dw, ref.numerical_gradient(loss_of_w, w, dy), atol=1e-6)
     np.testing.assert_allclose(db, dy.sum(axis=(0, 2, 3)), atol=1e-12)
+
+
+@pytest.mark.parametrize("hw", [(5, 7), (18, 20)], ids=["channel-last", "phase-planes"])
+@pytest.mark.parametrize("s, p, d, mult", [(1, 1, 1, 1), (2, 1, 1, 1), (1, 2, 2, 1),
+                                           (2, 0, 1, 2), (3, 2, 1, 1)])
+def test_depthwise_both_layouts_match_reference(hw, s, p, d, mult):
+    """The depthwise path's two layouts (small maps channel-last, wider ones on phase
+    planes), strides, dilations and channel multipliers, against the reference."""
+    rng = np.random.default_rng(6)
+    c = 5
+    x = rng.standard_normal((3, c, *hw))
+    w = rng.standard_normal((c * mult, 1, 3, 3))
+    b = rng.standard_normal(c * mult)
+    algo = conv.ConvAlgo("depthwise", "depthwise", "depthwise")
+    y, cache = conv.conv2d_forward(x, w, b, s, p, d, c, algo=algo)
+    close(y, ref.conv2d(x, w, b, (s, s), (p, p), (d, d), c))
+    dy = rng.standard_normal(y.shape)
+    for got, want in zip(conv.conv2d_backward(dy, cache),
+                         ref.conv2d_backward(dy, x, w, (s, s), (p, p), (d, d), c)):
+        close(got, want)
