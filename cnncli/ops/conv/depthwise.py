@@ -14,7 +14,6 @@ from cnncli.ops.conv.common import act_inplace
 from cnncli.ops.conv.geometry import ConvGeometry
 from cnncli.ops.options import EngineOptions
 
-
 #: Output maps at most this wide take the channel-last kernels.
 _CL_MAX_WO = 8
 
