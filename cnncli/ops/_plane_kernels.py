@@ -34,34 +34,42 @@ def tap_offset(u, v, sh, sw, Rq, E):
 
 @njit(inline="always")
 def plane_fill(xf, base, H, W, ph, pw, sh, sw, Rq, E, pf):
-    """The interior of the phase planes <- one channel at xf[base:] (H x W)."""
-    for h in range(H):
-        p = h + ph
-        rb = (p % sh) * sw * Rq * E + (p // sh) * E
-        src = base + h * W
-        for r in range(sw):
-            t0 = (pw - r + sw - 1) // sw if pw > r else 0
-            t1 = (W + pw - r + sw - 1) // sw
-            s0 = src + r - pw
-            d0 = rb + r * Rq * E
+    """The interior of the phase planes <- one channel at xf[base:] (H x W). Phases of
+    the columns outer, rows inner, the row's plane and index stepped (no division per
+    row: a runtime division costs as much as copying the row)."""
+    PE = Rq * E
+    for r in range(sw):
+        t0 = (pw - r + sw - 1) // sw if pw > r else 0
+        t1 = (W + pw - r + sw - 1) // sw
+        rp, rr = ph % sh, ph // sh
+        for h in range(H):
+            d0 = (rp * sw + r) * PE + rr * E
+            s0 = base + h * W + r - pw
             for t in range(t0, t1):
                 pf[_u(d0 + t)] = xf[_u(s0 + sw * t)]
+            rp += 1
+            if rp == sh:
+                rp = 0
+                rr += 1
 
 
 @njit(inline="always")
 def plane_unfill(pf, H, W, ph, pw, sh, sw, Rq, E, df, base):
     """The adjoint of plane_fill: the interior of the phase planes -> df[base:] (H x W)."""
-    for h in range(H):
-        p = h + ph
-        rb = (p % sh) * sw * Rq * E + (p // sh) * E
-        dst = base + h * W
-        for r in range(sw):
-            t0 = (pw - r + sw - 1) // sw if pw > r else 0
-            t1 = (W + pw - r + sw - 1) // sw
-            s0 = dst + r - pw
-            d0 = rb + r * Rq * E
+    PE = Rq * E
+    for r in range(sw):
+        t0 = (pw - r + sw - 1) // sw if pw > r else 0
+        t1 = (W + pw - r + sw - 1) // sw
+        rp, rr = ph % sh, ph // sh
+        for h in range(H):
+            d0 = (rp * sw + r) * PE + rr * E
+            s0 = base + h * W + r - pw
             for t in range(t0, t1):
                 df[_u(s0 + sw * t)] = pf[_u(d0 + t)]
+            rp += 1
+            if rp == sh:
+                rp = 0
+                rr += 1
 
 
 @njit(inline="always")
