@@ -65,6 +65,40 @@ class ConvPoolStep(Step):
         return node.layer.forward_pooled(node, x, run.model.state[node.path], run)
 
 
+class ConvBatchNormStep(Step):
+    """A conv, the batchnorm after it and optionally that batchnorm's ReLU/ReLU6. In
+    training the two layers run one after the other (batchnorm needs the batch's
+    statistics); in evaluation as one conv with the normalisation folded into its weights
+    and bias (Conv.forward_folded), the activation in its output pass."""
+
+    def forward(self, x: Any, run: Any) -> tuple[Any, Any]:
+        conv, bn = self.node, self.covers[0]
+        act = self.covers[1].type if len(self.covers) > 1 else None
+        cs, bs = run.model.state[conv.path], run.model.state[bn.path]
+        if run.training:
+            z, c1 = conv.layer.forward(conv, x, cs, run, **self.kwargs)
+            y, c2 = bn.layer.forward(bn, z, bs, run, act=act)
+            return y, ("separate", c1, c2)
+        y, c = conv.layer.forward_folded(conv, x, cs, run, bn, bs, act, **self.kwargs)
+        return y, ("folded", c, None)
+
+    def backward(self, dy: Any, cache: Any, run: Any) -> Any:
+        conv, bn = self.node, self.covers[0]
+        cs, bs = run.model.state[conv.path], run.model.state[bn.path]
+        kind, c1, c2 = cache
+        g_conv: dict[str, Any] = {}
+        g_bn: dict[str, Any] = {}
+        if kind == "separate":
+            dz = bn.layer.backward(bn, dy, c2, bs, g_bn)
+            dx = conv.layer.backward(conv, dz, c1, cs, g_conv)
+        else:
+            dx = conv.layer.backward_folded(conv, dy, c1, cs, bs, g_conv, g_bn)
+        for node, grads in ((conv, g_conv), (bn, g_bn)):
+            for k, g in grads.items():
+                run.grads[f"{node.path}.{k}"] = g
+        return dx
+
+
 @dataclass
 class Plan:
     """Steps for every node list of a network (the top level and each block's children),
@@ -109,8 +143,7 @@ def _plan_list(nodes: list[Node], dtype: Any, opts: EngineOptions, algos: dict,
     i = 0
     while i < len(nodes):
         node = nodes[i]
-        after = nodes[i + 1] if i + 1 < len(nodes) else None
-        step, used = _step(node, after, dtype, opts, algos, plan)
+        step, used = _step(node, nodes[i + 1:], dtype, opts, algos, plan)
         steps.append(step)
         plan.by_path[node.path] = step
         i += used
@@ -118,9 +151,11 @@ def _plan_list(nodes: list[Node], dtype: Any, opts: EngineOptions, algos: dict,
     return steps
 
 
-def _step(node: Node, after: Node | None, dtype: Any, opts: EngineOptions, algos: dict,
+def _step(node: Node, rest: list[Node], dtype: Any, opts: EngineOptions, algos: dict,
           plan: Plan) -> tuple[Step, int]:
-    """The step for ``node`` and how many nodes it covers (2 for a fusion with ``after``)."""
+    """The step for ``node`` (followed by ``rest`` in its list) and how many nodes it
+    covers."""
+    after = rest[0] if rest else None
     if node.layer.is_block:
         for children in node.children.values():
             _plan_list(children, dtype, opts, algos, plan)
@@ -130,6 +165,13 @@ def _step(node: Node, after: Node | None, dtype: Any, opts: EngineOptions, algos
                 node, after, dtype, opts):
             return ConvPoolStep(node, (after,), path="winograd, ReLU + 2x2 max pool fused"), 2
         algo = algos.get(node.path) or node.layer.algo(node, dtype, opts)
+        if (opts.fold_bn and after is not None and after.type == "batchnorm"
+                and len(after.in_shape) == 3 and node.layer.cfg.get("activation") is None):
+            act = rest[1] if (len(rest) > 1 and rest[1].type in ("relu", "relu6")
+                              and opts.fuse_bn_act) else None
+            covers = (after,) if act is None else (after, act)
+            return ConvBatchNormStep(node, covers, path=algo.describe() + ", batchnorm "
+                                     "folded at evaluation", kwargs={"algo": algo}), 1 + len(covers)
         return Step(node, path=algo.describe(), kwargs={"algo": algo}), 1
     if (node.type == "batchnorm" and opts.fuse_bn_act and after is not None
             and after.type in ("relu", "relu6")):

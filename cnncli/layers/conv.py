@@ -218,6 +218,58 @@ class Conv(_ConvBase):
         # gradient is wanted (not for the network's first layer during training).
         return y, (cache, act_cache, ctx, y)
 
+    def forward_folded(self, node: Node, x: Any, state: dict, ctx: Any, bn: Node,
+                       bn_state: dict, act: str | None, algo: Any = None) -> tuple[Any, Any]:
+        """Evaluation: this conv and the batchnorm ``bn`` after it as one conv, weights
+        w * s and bias beta + (b - mean) * s with s = gamma / sqrt(var + eps) per filter
+        (the running statistics: constants at evaluation), ``act`` in the output pass."""
+        import numpy as np
+
+        from cnncli.ops import conv
+
+        w = state["weight"]
+        inv = 1.0 / np.sqrt(bn_state["running_var"].astype(np.float64) + bn.layer.eps)
+        s = bn_state["weight"].astype(np.float64) * inv
+        shift = bn_state["bias"] - bn_state["running_mean"] * s
+        if "bias" in state:
+            shift = shift + state["bias"] * s
+
+        def fold():
+            return ((w * s.reshape(-1, 1, 1, 1)).astype(w.dtype), shift.astype(w.dtype))
+
+        shared = getattr(ctx, "shared", None)
+        wf, bf = fold() if shared is None else shared.get(("fold", id(w)), fold)
+        y, cache = conv.conv2d_forward(x, wf, bf, self.stride, self.pad, self.dilation,
+                                       self.groups, act=act, algo=algo,
+                                       options=getattr(ctx, "options", None), shared=shared)
+        return y, (cache, s, inv, act, y, ctx)
+
+    def backward_folded(self, node: Node, dy: Any, cache: Any, state: dict, bn_state: dict,
+                        grads: dict, bn_grads: dict) -> Any:
+        """The gradients of forward_folded for both layers: with W' = W*s and b' = beta
+        + (b - mean)*s, dW = dW'*s, db = db'*s, dbeta = db' and dgamma = inv * (sum
+        dW' * W + db' * (b - mean))."""
+        import numpy as np
+
+        from cnncli.ops import conv
+
+        op_cache, s, inv, act, y, ctx = cache
+        need_dx = getattr(ctx, "skip_input_grad", None) != node.path
+        dx, dwf, dbf = conv.conv2d_backward(dy, op_cache, need_dx=need_dx,
+                                            act=(act, y) if act else None,
+                                            shared=getattr(ctx, "shared", None))
+        w = state["weight"]
+        dtype = w.dtype
+        grads["weight"] = (dwf * s.reshape(-1, 1, 1, 1)).astype(dtype)
+        b = state["bias"].astype(np.float64) if "bias" in state else 0.0
+        if "bias" in state:
+            grads["bias"] = (dbf * s).astype(dtype)
+        ds = (dwf.astype(np.float64) * w).reshape(w.shape[0], -1).sum(axis=1) + dbf * (
+            b - bn_state["running_mean"])
+        bn_grads["weight"] = (ds * inv).astype(dtype)
+        bn_grads["bias"] = dbf.astype(dtype)
+        return dx
+
     def fuses_pool(self, node: Node, pool: Node, dtype: Any, options: Any = None) -> bool:
         """Whether this conv, its ReLU and the ``pool`` node right after it can run as one
         op (ops.conv.conv2d_relu_maxpool2_*, a plan step pairs them): a 2x2 stride-2 max

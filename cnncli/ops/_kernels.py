@@ -791,6 +791,14 @@ def relu_backward(dy, y, out):
 
 
 @njit(**_OPTS)
+def relu6_backward(dy, y, out):
+    """dy where 0 < y < 6 (zero at both kinks, as PyTorch)."""
+    for i in range(dy.size):
+        v = y[_u(i)]
+        out[_u(i)] = dy[_u(i)] if (v > 0) & (v < 6) else 0
+
+
+@njit(**_OPTS)
 def add_relu(a, b, scale, out):
     """out = max(a + scale * b, 0) (1-D, contiguous): a residual sum and its ReLU."""
     zero = np.zeros(1, dtype=out.dtype)[0]

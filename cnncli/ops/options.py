@@ -54,6 +54,9 @@ class EngineOptions:
     fuse_relu_maxpool: bool = True
     fuse_bn_act: bool = True
     fuse_add_act: bool = True
+    #: In evaluation, a conv followed by batchnorm (and its ReLU/ReLU6) runs as one conv
+    #: whose weights and bias have the normalisation folded in.
+    fold_bn: bool = True
     #: Time each candidate path once per layer shape when the plan is made (cached on disk).
     autotune: bool = False
 
@@ -76,4 +79,5 @@ def twin_options() -> EngineOptions:
     return EngineOptions(winograd=False, winograd_dx=False, winograd_dw=False,
                          direct_max_channels=0, direct_max_taps=0, batched_max_cols=0,
                          depthwise=False, crop_taps=False, fuse_act_grad=False,
-                         fuse_relu_maxpool=False, fuse_bn_act=False, fuse_add_act=False)
+                         fuse_relu_maxpool=False, fuse_bn_act=False, fuse_add_act=False,
+                         fold_bn=False)

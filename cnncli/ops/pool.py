@@ -218,16 +218,17 @@ def pool2d_backward(dy: np.ndarray, cache: PoolCache) -> np.ndarray:
     dx = np.empty(x_shape, dtype=dtype)
     h, w = x_shape[2:]
     two_by_two = _is_2x2(kh, kw, sh, sw, ph, pw, h, w, *y_shape[2:])
-    if kind == "max" and (argmax is None or argmax.shape != y_shape):
-        # the forward pass ran with need_argmax=False: find the winners now
+    again = kind == "max" and (argmax is None or argmax.shape != y_shape)
+    if again:  # the forward pass ran with need_argmax=False: find the winners now
         argmax = np.empty(y_shape, dtype=np.int32)
-        if two_by_two:
-            kern.maxpool2x2_forward(x, *y_shape[2:], np.empty(y_shape, dtype=dtype), argmax)
-        else:
-            _max_rows(x, (kh, kw), (sh, sw), (ph, pw), np.empty(y_shape, dtype=dtype),
-                      argmax, 0)
 
-    def part(lo, hi, _):
+    def part(lo, hi, p):
+        if again and two_by_two:
+            kern.maxpool2x2_forward(x[lo:hi], *y_shape[2:],
+                                    np.empty((hi - lo, *y_shape[1:]), dtype=dtype), argmax[lo:hi])
+        elif again:  # in this part's own workspace: parts run at once
+            _max_rows(x[lo:hi], (kh, kw), (sh, sw), (ph, pw),
+                      np.empty((hi - lo, *y_shape[1:]), dtype=dtype), argmax[lo:hi], p)
         if kind == "max":
             kern.maxpool2d_backward(dy[lo:hi], argmax[lo:hi], dx[lo:hi])
         elif kind == "avg":

@@ -92,7 +92,7 @@ def test_batchnorm_and_dropout_split_match_one_piece(two_workers, monkeypatch, n
         monkeypatch.setattr(model_mod, "_PART_MIN", part_min)
         model = build_model(BN_SPEC, dtype=np.float64, seed=1)
         assert len(model._ranges(n)) == (2 if part_min < n else 1)
-        assert model.plan.fusions() == {"bn": ("r",), "res.bn": ("res.r6",)}
+        assert model.plan.fusions() == {"c": ("bn", "r"), "res.c": ("res.bn", "res.r6")}
         y = model.forward(x, training=True, logits=True, rng=np.random.default_rng(9))
         dx = model.backward(dy)
         results.append((y, dx, {k: v.copy() for k, v in model.grads.items()},
@@ -226,3 +226,28 @@ def test_large_dense_layers_split_their_outputs(two_workers, monkeypatch):
     assert g.keys() == g1.keys()
     for k in g:
         np.testing.assert_allclose(g[k], g1[k], rtol=0, atol=1e-12, err_msg=k)
+
+
+def test_evaluation_backward_of_strided_max_pools_split(two_workers):
+    """Max pooling at evaluation keeps no winners; a backward pass (Grad-CAM, gradcheck
+    in eval mode) finds them again, each part in its own scratch (they once shared one and
+    gave wrong gradients about one run in four)."""
+    spec = {"name": "mp", "input": [20, 20, 3], "layers": [
+        {"conv": {"name": "c", "filters": 8, "kernel": 3, "padding": 1}},
+        {"pool": {"name": "p", "type": "max", "size": 3, "stride": 2, "padding": 1}},
+        {"pool": {"name": "q", "type": "max", "size": 3, "stride": 2}},
+        "flatten", {"dense": {"name": "d", "units": 4}}]}
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((40, 3, 20, 20))
+    dy = rng.standard_normal((40, 4))
+    model = build_model(spec, dtype=np.float64, seed=0)
+    want = None
+    for _ in range(6):
+        y, dx, grads = _pass(model, x, dy, training=False)
+        if want is None:
+            _threads.set_workers(1)
+            want = _pass(model, x, dy, training=False)
+            _threads.set_workers(2)
+        np.testing.assert_allclose(dx, want[1], rtol=0, atol=1e-12)
+        for k in grads:
+            np.testing.assert_allclose(grads[k], want[2][k], rtol=0, atol=1e-12)

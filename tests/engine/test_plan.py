@@ -39,16 +39,21 @@ SPEC = {"name": "mix", "input": [16, 16, 3], "layers": [
 def test_fusions_and_paths():
     model = build_model(SPEC)
     plan = model.plan
-    assert plan.fusions() == {"bn": ("r",), "res.bn": ("res.r6",), "w": ("p",)}
-    assert plan.describe("r") == ("fused", "bn")
+    assert plan.fusions() == {"stem": ("bn", "r"), "res.a": ("res.bn", "res.r6"),
+                              "res.dw": ("res.bn2",), "w": ("p",)}
+    assert plan.describe("r") == ("fused", "stem")
+    assert "batchnorm folded at evaluation" in plan.describe("stem")[0]
     paths = {p: plan.describe(p)[0] for p in ("stem", "res.a", "res.dw", "down.s2",
                                                "down.shortcut.proj", "tiny")}
-    assert paths["res.dw"] == "depthwise"
+    assert paths["res.dw"].startswith("depthwise")
     assert paths["down.shortcut.proj"] == "pointwise"
     assert paths["down.s2"] == "im2col"
     assert "live taps 1x1" in paths["tiny"]  # a 3x3 conv on a 1x1 map
     assert plan.describe("res")[0] == "add + ReLU, one pass"
-    off = EngineOptions(fuse_bn_act=False, fuse_relu_maxpool=False)
+    unfolded = build_model(SPEC, options=EngineOptions(fold_bn=False)).plan
+    assert unfolded.fusions() == {"bn": ("r",), "res.bn": ("res.r6",), "w": ("p",)}
+    assert unfolded.describe("r") == ("fused", "bn")
+    off = EngineOptions(fuse_bn_act=False, fuse_relu_maxpool=False, fold_bn=False)
     assert build_model(SPEC, options=off).plan.fusions() == {}
     twin = build_model(SPEC, options=twin_options()).plan
     assert {twin.describe(p)[0] for p in paths} <= {"im2col", "pointwise"}
@@ -131,9 +136,9 @@ def test_cnn_time_reports_the_path_of_each_layer(tmp_path, monkeypatch):
                                       "--format", "json"])
     assert result.exit_code == 0, result.output
     rows = {r["name"]: r for r in json.loads(result.stdout)["layers"]}
-    assert rows["res.dw"]["path"] == "depthwise"
-    assert rows["r"]["fused_into"] == "bn" and rows["r"]["path"] == "fused"
-    assert rows["stem"]["gflops"] > 0 and rows["bn"]["gflops"] is None
+    assert rows["res.dw"]["path"].startswith("depthwise")
+    assert rows["r"]["fused_into"] == "stem" and rows["r"]["path"] == "fused"
+    assert rows["stem"]["gflops"] > 0 and rows["d"]["gflops"] > 0
     monkeypatch.setenv("CNNCLI_CACHE_DIR", str(tmp_path / "cache"))
     tuned = CliRunner().invoke(app, ["time", str(spec), "--batch", "4", "--iterations", "1",
                                      "--autotune"])
@@ -150,3 +155,37 @@ def test_scratch_buffers_belong_to_the_model(monkeypatch):
     model.backward(np.ones_like(y))
     assert model.workspaces and not _threads._workspaces
     assert {k[0] for k in model.workspaces} >= {"dw.plane", "pool.plane"}
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_batchnorm_folded_into_convs_at_evaluation(workers):
+    """Evaluation runs conv + batchnorm (+ ReLU/ReLU6) as one conv with folded weights;
+    outputs, input gradients and every parameter gradient (through the fold: conv
+    weights and bias, gamma, beta) equal the separate layers' in float64."""
+    _threads.set_workers(workers)
+    try:
+        out = []
+        for fold in (True, False):
+            model = build_model(SPEC, dtype=np.float64, seed=1,
+                                options=EngineOptions(fold_bn=fold))
+            if fold:
+                assert model.plan.describe("res.bn")[1] == "res.a"
+                assert "folded" in model.plan.describe("stem")[0]
+            for k, v in model.buffers.items():
+                rng = np.random.default_rng(len(k))
+                v[...] = (rng.random(v.shape) + 0.5 if k.endswith("var")
+                          else 0.3 * rng.standard_normal(v.shape))
+            x = np.random.default_rng(0).standard_normal((18, 3, 16, 16))
+            y = model.forward(x)
+            dx = model.backward(np.random.default_rng(1).standard_normal(y.shape))
+            out.append((y, dx, {k: g.copy() for k, g in model.grads.items()}))
+    finally:
+        _threads.set_workers(None)
+    (y, dx, g), (y1, dx1, g1) = out
+    assert np.abs(y1).max() > 0.1 and np.abs(dx1).max() > 0
+    np.testing.assert_allclose(y, y1, rtol=0, atol=1e-12 * np.abs(y1).max())
+    np.testing.assert_allclose(dx, dx1, rtol=0, atol=1e-12 * np.abs(dx1).max())
+    assert g.keys() == g1.keys()
+    for k in g1:
+        np.testing.assert_allclose(g[k], g1[k], rtol=0, atol=1e-11 * max(1, np.abs(g1[k]).max()),
+                                   err_msg=k)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 #: Activations that conv2d_forward can apply in its output pass (``act=``).
-FUSED_ACTIVATIONS = ("relu", "tanh")
+FUSED_ACTIVATIONS = ("relu", "tanh", "relu6")
 
 
 def act_inplace(y: np.ndarray, act: str | None) -> None:
@@ -14,6 +14,8 @@ def act_inplace(y: np.ndarray, act: str | None) -> None:
         np.tanh(y, out=y)
     elif act == "relu":
         np.maximum(y, 0, out=y)
+    elif act == "relu6":
+        np.clip(y, 0, 6, out=y)
 
 
 def act_grad(dy: np.ndarray, y: np.ndarray, act: str, lo: int, hi: int,
@@ -25,7 +27,8 @@ def act_grad(dy: np.ndarray, y: np.ndarray, act: str, lo: int, hi: int,
 
     src = dy[lo:hi]
     dz = _threads.workspace("conv.dz", part, src.size, dy.dtype).reshape(src.shape)
-    back = kern.relu_backward if act == "relu" else kern.tanh_backward
+    back = {"relu": kern.relu_backward, "tanh": kern.tanh_backward,
+            "relu6": kern.relu6_backward}[act]
     back(src.reshape(-1), y[lo:hi].reshape(-1), dz.reshape(-1))
     return dz
 

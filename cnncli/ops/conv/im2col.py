@@ -19,6 +19,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from cnncli.ops.conv.common import act_inplace
 from cnncli.ops.conv.geometry import ConvGeometry
 from cnncli.ops.options import EngineOptions
 
@@ -129,8 +130,8 @@ def forward(x, w, bias, g: ConvGeometry, act, y, lo: int, hi: int, part: int,
         else:
             np.matmul(wg, cols.reshape(groups, -1, ln), out=rows.reshape(groups, -1, ln))
         kern.rows_to_nchw(rows, bias, act == "relu", n0, m, lay.wr, y)
-        if act == "tanh":
-            np.tanh(y[n0:n0 + m], out=y[n0:n0 + m])
+        if act not in (None, "relu"):
+            act_inplace(y[n0:n0 + m], act)
 
 
 #: Codes of the activations that kern.nchw_to_rows_act differentiates.

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from cnncli.ops.conv.common import act_inplace
 from cnncli.ops.conv.geometry import ConvGeometry
 from cnncli.ops.options import EngineOptions
 
@@ -163,8 +164,8 @@ def forward(x, u, bias, g: ConvGeometry, act, y, lo: int, hi: int, part: int,
     per = c * h * w
     winograd_conv(x.reshape(-1)[lo * per:], u, bias, act == "relu", y, lo, hi - lo,
                   (per, h * w, w), part, chunk_bytes=opts.winograd_chunk_bytes)
-    if act == "tanh":
-        np.tanh(y[lo:hi], out=y[lo:hi])
+    if act not in (None, "relu"):
+        act_inplace(y[lo:hi], act)
 
 
 def input_grad(dz, u_dx, g: ConvGeometry, dx, lo: int, hi: int, part: int,
