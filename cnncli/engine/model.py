@@ -121,6 +121,12 @@ class Model:
         self._ranges_run: list[tuple[int, int]] = []
         #: The ops' scratch buffers for this model's passes (reused from step to step).
         self.workspaces: dict[tuple, np.ndarray] = {}
+        from cnncli.ops.conv import PassCache
+
+        #: Weights prepared for evaluation passes (batchnorm folded into convs, Winograd
+        #: transforms), reused until a training pass, set() or load_state_dict(), or
+        #: weights_changed() after changing ``params`` arrays in place by other means.
+        self._eval_cache = PassCache()
         self.training_rng = np.random.default_rng(rng.integers(2**63))
         last = network.nodes[-1] if network.nodes else None
         self.softmax_head = _softmax_head(last)
@@ -208,7 +214,9 @@ class Model:
         rdv = _threads.Rendezvous(len(ranges)) if len(ranges) > 1 else None
         from cnncli.ops.conv import PassCache
 
-        shared = PassCache()
+        if training:
+            self._eval_cache.clear()  # an optimizer step may follow: weights will change
+        shared = PassCache() if training else self._eval_cache
         runs = [_Run(self, training, rng, head, grads={}, part=i, parts=len(ranges), lo=lo,
                      n=n, rendezvous=rdv, shared=shared,
                      timer=self.timer if i == 0 else None,
@@ -222,7 +230,8 @@ class Model:
             results = _threads.run_parts(part, ranges,
                                          on_error=rdv.abort if rdv is not None else None)
         self._runs, self._ranges_run = runs, ranges
-        shared.clear()  # the forward's prepared weights; the backward prepares its own
+        if training:
+            shared.clear()  # the forward's prepared weights; the backward prepares its own
         self._cache = [caches for _, caches in results]
         if len(results) == 1:
             return results[0][0]
@@ -267,7 +276,8 @@ class Model:
         with _threads.engine_region(), _threads.workspaces_of(self.workspaces):
             dxs = _threads.run_parts(part, ranges, on_error=(
                 runs[0].rendezvous.abort if len(runs) > 1 else None))
-        runs[0].shared.clear()
+        if runs[0].training:
+            runs[0].shared.clear()
         # gradients summed over the parts in part order (deterministic)
         for name, g in runs[0].grads.items():
             if len(runs) == 1:
@@ -286,6 +296,11 @@ class Model:
         for (lo, hi), d in zip(ranges, dxs):
             dx[lo:hi] = d
         return dx
+
+    def weights_changed(self) -> None:
+        """Forget weights prepared for evaluation (call after editing ``params`` in place
+        outside set(), load_state_dict() and training)."""
+        self._eval_cache.clear()
 
     def release(self) -> None:
         """Drop the forward caches (frees activation memory after evaluation)."""
@@ -309,6 +324,7 @@ class Model:
                 f"layer '{layer}': {name} expects shape {list(target.shape)}, "
                 f"got {list(value.shape)}")
         target[...] = value
+        self._eval_cache.clear()
 
     def state_dict(self) -> dict[str, np.ndarray]:
         return {**self.params, **self.buffers}

@@ -233,16 +233,24 @@ class Conv(_ConvBase):
         shift = bn_state["bias"] - bn_state["running_mean"] * s
         if "bias" in state:
             shift = shift + state["bias"] * s
+        if algo is None:
+            algo = self.algo(node, w.dtype, getattr(ctx, "options", None))
+        crop = algo.crop  # fold only the live taps (a 3x3 conv on a 1x1 map: 1 of 9)
+        live = w if crop is None else w[:, :, crop.u0:crop.u1, crop.v0:crop.v1]
 
         def fold():
-            return ((w * s.reshape(-1, 1, 1, 1)).astype(w.dtype), shift.astype(w.dtype))
+            scaled = live * s.astype(w.dtype).reshape(-1, 1, 1, 1)
+            return np.ascontiguousarray(scaled), shift.astype(w.dtype)
 
         shared = getattr(ctx, "shared", None)
         wf, bf = fold() if shared is None else shared.get(("fold", id(w)), fold)
-        y, cache = conv.conv2d_forward(x, wf, bf, self.stride, self.pad, self.dilation,
-                                       self.groups, act=act, algo=algo,
+        g = crop.geometry if crop is not None else None
+        stride, pad, dil = ((g.stride, g.padding, g.dilation) if g is not None
+                            else (self.stride, self.pad, self.dilation))
+        y, cache = conv.conv2d_forward(x, wf, bf, stride, pad, dil, self.groups, act=act,
+                                       algo=algo._replace(crop=None),
                                        options=getattr(ctx, "options", None), shared=shared)
-        return y, (cache, s, inv, act, y, ctx)
+        return y, (cache, s, inv, act, y, ctx, crop)
 
     def backward_folded(self, node: Node, dy: Any, cache: Any, state: dict, bn_state: dict,
                         grads: dict, bn_grads: dict) -> Any:
@@ -253,13 +261,17 @@ class Conv(_ConvBase):
 
         from cnncli.ops import conv
 
-        op_cache, s, inv, act, y, ctx = cache
+        op_cache, s, inv, act, y, ctx, crop = cache
         need_dx = getattr(ctx, "skip_input_grad", None) != node.path
         dx, dwf, dbf = conv.conv2d_backward(dy, op_cache, need_dx=need_dx,
                                             act=(act, y) if act else None,
                                             shared=getattr(ctx, "shared", None))
         w = state["weight"]
         dtype = w.dtype
+        if crop is not None:  # the cut taps read only padding: no gradient
+            full = np.zeros_like(w)
+            full[:, :, crop.u0:crop.u1, crop.v0:crop.v1] = dwf
+            dwf = full
         grads["weight"] = (dwf * s.reshape(-1, 1, 1, 1)).astype(dtype)
         b = state["bias"].astype(np.float64) if "bias" in state else 0.0
         if "bias" in state:

@@ -189,3 +189,25 @@ def test_batchnorm_folded_into_convs_at_evaluation(workers):
     for k in g1:
         np.testing.assert_allclose(g[k], g1[k], rtol=0, atol=1e-11 * max(1, np.abs(g1[k]).max()),
                                    err_msg=k)
+
+
+def test_evaluation_reuses_prepared_weights_until_they_change():
+    """Folded and transformed weights are kept between evaluation passes; set(), a
+    training pass and weights_changed() drop them, so results always follow the weights."""
+    model = build_model(SPEC, seed=1)
+    x = np.random.default_rng(3).standard_normal((4, 3, 16, 16)).astype(np.float32)
+    first = model.forward(x)
+    assert model._eval_cache._items  # prepared once ...
+    np.testing.assert_array_equal(model.forward(x), first)  # ... and reused
+    w = model.get("res.a.weight")
+    model.set("res.a.weight", w * 2)
+    fresh = build_model(SPEC, seed=1)
+    fresh.set("res.a.weight", fresh.get("res.a.weight") * 2)
+    np.testing.assert_allclose(model.forward(x), fresh.forward(x), rtol=1e-6, atol=1e-6)
+    model.get("stem.weight")[...] *= -1  # in place, outside set(): say so
+    model.weights_changed()
+    fresh.get("stem.weight")[...] *= -1
+    fresh.weights_changed()
+    np.testing.assert_allclose(model.forward(x), fresh.forward(x), rtol=1e-6, atol=1e-6)
+    model.forward(x, training=True)
+    assert not model._eval_cache._items
