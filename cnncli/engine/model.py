@@ -65,10 +65,13 @@ class _Run:
     def run(self, nodes: list[Node], x: np.ndarray) -> tuple[np.ndarray, list]:
         caches = []
         timer, trace = self.timer, self.trace
+        taps = self.model.taps
         for step in self.model.plan.steps(nodes):
             t0 = perf_counter() if timer is not None else 0.0
             x, cache = step.forward(x, self)
             caches.append(cache)
+            if taps and step.out_node.path in taps:
+                self.model.tapped[step.out_node.path] = x.copy()
             if timer is not None:
                 timer.setdefault(step.node.path, [0.0, 0.0])[0] += perf_counter() - t0
             if trace is not None:
@@ -81,8 +84,10 @@ class _Run:
         return x, caches
 
     def unrun(self, nodes: list[Node], dy: np.ndarray, caches: list) -> np.ndarray:
-        timer = self.timer
+        timer, taps = self.timer, self.model.taps
         for step, cache in zip(reversed(self.model.plan.steps(nodes)), reversed(caches)):
+            if taps and step.out_node.path in taps:  # the gradient arriving at its output
+                self.model.tapped_grads[step.out_node.path] = dy.copy()
             t0 = perf_counter() if timer is not None else 0.0
             dy = step.backward(dy, cache, self)
             if timer is not None:
@@ -118,6 +123,11 @@ class Model:
         #: with the batch split over threads, the first part's times).
         self.timer: dict[str, list[float]] | None = None
         self._runs: list[_Run] | None = None
+        self._taps: frozenset[str] = frozenset()
+        #: Outputs of the tapped nodes on the last forward, and the gradients arriving there
+        #: on the last backward (copies, NCHW; see ``taps``).
+        self.tapped: dict[str, np.ndarray] = {}
+        self.tapped_grads: dict[str, np.ndarray] = {}
         self._ranges_run: list[tuple[int, int]] = []
         #: The ops' scratch buffers for this model's passes (reused from step to step).
         self.workspaces: dict[tuple, np.ndarray] = {}
@@ -158,8 +168,25 @@ class Model:
         """Make the plan again (other options, or conv paths from the autotuner)."""
         if options is not None:
             self.options = options
-        self.plan = build_plan(self.network.nodes, self.dtype, self.options, algos)
+        if algos is not None:
+            self._algos = algos
+        self.plan = build_plan(self.network.nodes, self.dtype, self.options,
+                               getattr(self, "_algos", None), self._taps)
         self.release()
+
+    @property
+    def taps(self) -> frozenset[str]:
+        """Node paths whose outputs (in ``tapped``) and incoming gradients (in
+        ``tapped_grads``) the next passes keep (``cnn viz``). Setting it replans so that no
+        step fuses a tapped node with the nodes after it."""
+        return self._taps
+
+    @taps.setter
+    def taps(self, paths) -> None:
+        paths = frozenset(paths)
+        if paths != self._taps:
+            self._taps = paths
+            self.replan()
 
     def tune(self, batch: int, *, cache_file: Any = None, log: Any = None) -> dict:
         """Time the candidate kernel paths of every conv at this batch size (cached on
@@ -206,6 +233,7 @@ class Model:
         deterministic for a given thread count."""
         x = self.check_input(x)
         self.release()  # the last pass's activations go before this pass makes its own
+        self.tapped = {}
         rng = rng if rng is not None else self.training_rng
         head = self.softmax_head if logits else None
         nodes = self.network.nodes
@@ -244,7 +272,7 @@ class Model:
     def _ranges(self, n: int) -> list[tuple[int, int]]:
         """The parts a batch of ``n`` is cut into at the model level."""
         w = _threads.workers()
-        if w < 2 or n < 2 * _PART_MIN:
+        if w < 2 or n < 2 * _PART_MIN or self._taps:  # taps keep whole-batch arrays
             return [(0, n)]
         return _threads.split(n, min(w, n // _PART_MIN))
 
@@ -257,6 +285,7 @@ class Model:
         if self._cache is None or self._runs is None:
             raise RuntimeError("backward() needs a forward() first")
         self.grads.clear()
+        self.tapped_grads = {}
         skip = None if input_grad else _first_leaf(self.network.nodes)
         nodes = self.network.nodes
         runs, caches = self._runs, self._cache

@@ -129,21 +129,25 @@ class Plan:
 
 
 def build_plan(nodes: list[Node], dtype: Any, options: EngineOptions,
-               algos: dict[str, Any] | None = None) -> Plan:
+               algos: dict[str, Any] | None = None, keep: frozenset[str] = frozenset()
+               ) -> Plan:
     """The plan of a network's top-level ``nodes``. ``algos`` (node path -> ConvAlgo)
-    overrides the cost rules' choice for some convs (the autotuner's results)."""
+    overrides the cost rules' choice for some convs (the autotuner's results). The output
+    of a node in ``keep`` must exist (``Model.taps``): no step fuses it with what follows."""
     plan = Plan(options, [], {}, {})
-    plan.top = _plan_list(nodes, dtype, options, algos or {}, plan)
+    plan.top = _plan_list(nodes, dtype, options, algos or {}, plan, keep)
     return plan
 
 
 def _plan_list(nodes: list[Node], dtype: Any, opts: EngineOptions, algos: dict,
-               plan: Plan) -> list[Step]:
+               plan: Plan, keep: frozenset[str] = frozenset()) -> list[Step]:
     steps: list[Step] = []
     i = 0
     while i < len(nodes):
         node = nodes[i]
-        step, used = _step(node, nodes[i + 1:], dtype, opts, algos, plan)
+        step, used = _step(node, nodes[i + 1:], dtype, opts, algos, plan, keep)
+        if any(n.path in keep for n in (step.node, *step.covers[:-1])):
+            step, used = _step(node, [], dtype, opts, algos, plan, keep)  # nothing fused
         steps.append(step)
         plan.by_path[node.path] = step
         i += used
@@ -152,13 +156,13 @@ def _plan_list(nodes: list[Node], dtype: Any, opts: EngineOptions, algos: dict,
 
 
 def _step(node: Node, rest: list[Node], dtype: Any, opts: EngineOptions, algos: dict,
-          plan: Plan) -> tuple[Step, int]:
+          plan: Plan, keep: frozenset[str] = frozenset()) -> tuple[Step, int]:
     """The step for ``node`` (followed by ``rest`` in its list) and how many nodes it
     covers."""
     after = rest[0] if rest else None
     if node.layer.is_block:
         for children in node.children.values():
-            _plan_list(children, dtype, opts, algos, plan)
+            _plan_list(children, dtype, opts, algos, plan, keep)
         return Step(node, path=_block_path(node, opts)), 1
     if node.type == "conv":
         if after is not None and opts.fuse_relu_maxpool and node.layer.fuses_pool(

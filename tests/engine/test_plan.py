@@ -211,3 +211,29 @@ def test_evaluation_reuses_prepared_weights_until_they_change():
     np.testing.assert_allclose(model.forward(x), fresh.forward(x), rtol=1e-6, atol=1e-6)
     model.forward(x, training=True)
     assert not model._eval_cache._items
+
+
+def test_taps_keep_the_outputs_and_gradients_of_fused_nodes():
+    """A tapped node is never fused with what follows (its output must exist): the conv
+    of conv+ReLU+pool, the batchnorm of batchnorm+ReLU; what the taps keep equals the
+    untapped layers' values, and the network's results do not change."""
+    model = build_model(SPEC, dtype=np.float64, seed=4)
+    x = np.random.default_rng(5).standard_normal((16, 3, 16, 16))
+    dy = np.random.default_rng(6).standard_normal((16, 5))
+    y = model.forward(x, training=True)
+    dx = model.backward(dy)
+    model.taps = {"w", "res.bn", "stem"}
+    fusions = model.plan.fusions()
+    assert "w" not in fusions and "stem" not in fusions and "res.a" not in fusions
+    model.trace = {}
+    y1 = model.forward(x, training=True)
+    dx1 = model.backward(dy)
+    np.testing.assert_allclose(y1, y, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(dx1, dx, rtol=0, atol=1e-12)
+    assert set(model.tapped) == set(model.tapped_grads) == {"w", "res.bn", "stem"}
+    for path, arr in model.tapped.items():
+        assert arr.shape == model.trace[path]
+        assert model.tapped_grads[path].shape == arr.shape
+    assert (model.tapped["w"] >= 0).all()  # the conv's ReLU output, before the pool
+    model.taps = frozenset()
+    assert model.plan.fusions() == build_model(SPEC, dtype=np.float64).plan.fusions()
