@@ -299,11 +299,14 @@ class Conv(_ConvBase):
                                         self.pad, self.dilation, self.groups, dtype, options)
 
     def forward_pooled(self, node: Node, x: Any, state: dict, ctx: Any) -> tuple[Any, Any]:
-        """Forward through this conv, its ReLU and the max pooling after it (fuses_pool)."""
+        """Forward through this conv, its ReLU and the max pooling after it (fuses_pool).
+        The winners are kept in evaluation too (a uint8 per output): a backward pass may
+        follow there (saliency, Grad-CAM, gradcheck in eval mode), and without the
+        full-size activation they could not be found again."""
         from cnncli.ops import conv
 
         y, cache = conv.conv2d_relu_maxpool2_forward(
-            x, state["weight"], state.get("bias"), argmax=bool(getattr(ctx, "training", True)),
+            x, state["weight"], state.get("bias"), argmax=True,
             options=getattr(ctx, "options", None), shared=getattr(ctx, "shared", None))
         return y, _PooledCache(cache, ctx)
 

@@ -73,3 +73,17 @@ def test_trace_and_report_agree_with_fusion():
         if node.path in ("f.c2", "f.p"):
             h, w, c = node.out_shape
             assert model.trace[node.path] == (2, c, h, w)
+
+
+def test_evaluation_backward_through_a_fused_pool():
+    """A backward pass after an evaluation forward (saliency, Grad-CAM) runs through the
+    fused conv+ReLU+pool and equals the unfused layers'."""
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((3, 3, 16, 16)).astype(np.float32)
+    dy = rng.standard_normal((3, 5)).astype(np.float32)
+    got = []
+    for fuse in (True, False):
+        model = build_model(SPEC, seed=4, options=EngineOptions(fuse_relu_maxpool=fuse))
+        model.forward(x, training=False, logits=True)
+        got.append(model.backward(dy))
+    np.testing.assert_array_equal(got[0], got[1])
