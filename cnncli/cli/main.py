@@ -12,6 +12,9 @@ from cnncli.cli import augment_cmd  # noqa: E402,F401  isort: skip
 
 
 def main() -> None:
+    from cnncli.cli.common import install_signal_handlers
+
+    install_signal_handlers()
     app()
 
 
