@@ -88,6 +88,14 @@ def install_signal_handlers() -> None:
     signal.signal(signal.SIGTERM, on_signal)
 
 
+def ignore_signals() -> None:
+    """Ignore Ctrl-C and SIGTERM while the interpreter shuts down: Python resets signals
+    that have Python handlers to their default there, and one arriving then would end the
+    process by the signal instead of with the exit code already chosen (130, 143, ...)."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def error(message: str) -> None:
     """Print ``error: message`` on stderr (one line, markup-safe)."""
     stderr.print(f"[bold red]error:[/] {_escape(message)}", highlight=False)

@@ -12,10 +12,13 @@ from cnncli.cli import augment_cmd  # noqa: E402,F401  isort: skip
 
 
 def main() -> None:
-    from cnncli.cli.common import install_signal_handlers
+    from cnncli.cli.common import ignore_signals, install_signal_handlers
 
     install_signal_handlers()
-    app()
+    try:
+        app()
+    finally:
+        ignore_signals()  # from here to the end of the process: see ignore_signals
 
 
 if __name__ == "__main__":
