@@ -98,15 +98,25 @@ def ignore_signals() -> None:
 
 def error(message: str) -> None:
     """Print ``error: message`` on stderr (one line, markup-safe)."""
-    stderr.print(f"[bold red]error:[/] {_escape(message)}", highlight=False)
+    stderr.print(f"[bold red]error:[/] {_escape(one_line(message))}", highlight=False)
 
 
 def warn(message: str) -> None:
-    stderr.print(f"[yellow]warning:[/] {_escape(message)}", highlight=False)
+    stderr.print(f"[yellow]warning:[/] {_escape(one_line(message))}", highlight=False)
 
 
 def info(message: str) -> None:
     stderr.print(_escape(message), highlight=False)
+
+
+_CONTROL = {i: f"\\x{i:02x}" for i in [*range(32), 127] if i != 9}
+_CONTROL.update({10: "\\n", 13: "\\r", 0: "\\0"})
+
+
+def one_line(message: str) -> str:
+    """``message`` with line breaks and other control characters escaped: an error or warning
+    that quotes the user's text (a spec key, an --ops string) stays one line."""
+    return message.translate(_CONTROL)
 
 
 def write_stdout(text: str) -> None:
