@@ -146,12 +146,14 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     np.savez(root / "bands.npz", x_train=x, y_train=y, x_test=x[:32], y_test=y[:32])
     xb, yb = bands(6000, 2)
     np.savez(root / "big.npz", x_train=xb, y_train=yb)
+    xh, yh = bands(20000, 4)  # with --batch-size 1: an epoch of several seconds
+    np.savez(root / "huge.npz", x_train=xh, y_train=yh)
     for i, (a, c) in enumerate(zip(*bands(16, 3))):
         folder = root / "images" / f"c{c}"
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(a).save(folder / f"{i:02d}.png")
     return {"root": root, "spec": spec, "npz": root / "bands.npz", "big": root / "big.npz",
-            "images": root / "images"}
+            "huge": root / "huge.npz", "images": root / "images"}
 
 
 @pytest.fixture(scope="session")

@@ -126,10 +126,10 @@ def test_a_run_interrupted_before_its_first_epoch_is_no_run(
 def test_a_run_killed_before_its_first_epoch_is_no_run(
     data: dict[str, Path], tmp_path: Path
 ) -> None:
-    """kill -9 while the first epoch runs (a big data set: about a second per epoch)."""
+    """kill -9 while the first epoch runs (20,000 steps of one image: several seconds)."""
     out = tmp_path / "run"
-    proc = spawn("train", "--arch", data["spec"], "--data", data["big"], "--out", out,
-                 "--batch-size", 8, "--epochs", 3)
+    proc = spawn("train", "--arch", data["spec"], "--data", data["huge"], "--out", out,
+                 "--batch-size", 1, "--epochs", 3)
     wait_for_line(proc, " parameters for ")  # "training 232 parameters for 3 epochs ..."
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
