@@ -43,9 +43,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cnncli.augment import _kernels  # noqa: E402
-from cnncli.augment.io import IMAGE_EXTENSIONS, write_atomic  # noqa: E402
+from cnncli.augment.io import IMAGE_EXTENSIONS  # noqa: E402
 from cnncli.augment.pipeline import parse_ops  # noqa: E402
 from cnncli.augment.runner import RunSettings, run  # noqa: E402
+from cnncli.fileio import atomic_write_bytes  # noqa: E402
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """The floors write as ``cnn augment`` writes its outputs (durable once per run)."""
+    atomic_write_bytes(path, data, fsync=False)
 
 DEFAULT_FOLDERS = [
     Path("/work/shared/data/images/bulk"),

@@ -18,11 +18,12 @@ never half of one, and a failed save leaves the previous checkpoint untouched.
 from __future__ import annotations
 
 import json
+import math
 import zipfile
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -31,6 +32,8 @@ from cnncli.fileio import atomic_write
 
 __all__ = [
     "FORMAT_VERSION",
+    "ArrayHeader",
+    "read_checkpoint_meta",
     "generator_from_state",
     "generator_state",
     "load_checkpoint",
@@ -77,8 +80,6 @@ def save_checkpoint(
     return path
 
 
-
-
 def _write_npz(f: Any, arrays: Mapping[str, np.ndarray]) -> None:
     """What ``np.savez`` does, minus its keyword clash (an array named "file") and pickle."""
     with zipfile.ZipFile(f, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
@@ -87,48 +88,145 @@ def _write_npz(f: Any, arrays: Mapping[str, np.ndarray]) -> None:
                 np.lib.format.write_array(member, a, allow_pickle=False)
 
 
+class ArrayHeader(NamedTuple):
+    """What a member's ``.npy`` header declares, read before any of its data."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
 
 
-def load_checkpoint(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+#: Checks the meta and the declared arrays before their data is read (raises DataError).
+HeaderCheck = Callable[[dict[str, Any], dict[str, ArrayHeader]], None]
+
+
+def load_checkpoint(
+    path: str | Path, *, check: HeaderCheck | None = None
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Read a checkpoint: ``(arrays, meta)``; DataError naming the file if it is unusable.
 
-    Every array is read in full here, so a truncated or bit-flipped file fails now (zip CRC)
-    rather than halfway through restoring a model.
+    Only a regular file is opened. Every member's header is read first and must declare
+    exactly the bytes the member holds, and ``check(meta, headers)`` (e.g. against the
+    spec's shapes) runs before any array data is read: a header declaring a
+    10^7 x 10^7 array fails at once instead of asking for 400 TB. Every array is then read in
+    full, so a truncated or bit-flipped file fails now (zip CRC) rather than halfway through
+    restoring a model.
     """
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: checkpoint not found")
-    if path.is_dir():
-        raise DataError(f"{path}: is a folder, expected a checkpoint .npz file")
-    try:
-        if not zipfile.is_zipfile(path):
-            raise DataError(f"{path}: not a checkpoint (not an .npz archive, or truncated)")
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {name: z[name] for name in z.files}
-    except DataError:
-        raise
-    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
-        raise DataError(f"{path}: corrupt or truncated checkpoint ({exc})") from None
-    if _FORMAT not in arrays or _META not in arrays:
-        raise DataError(f"{path}: not a cnncli checkpoint (no {_FORMAT}/{_META} entries)")
-    version = arrays.pop(_FORMAT)
-    if version.shape != () or version.dtype.kind not in "iu":
-        raise DataError(f"{path}: bad checkpoint format version")
-    if int(version) > FORMAT_VERSION:
-        raise DataError(
-            f"{path}: checkpoint format {int(version)} is newer than this cnncli reads "
-            f"({FORMAT_VERSION}); upgrade cnncli"
-        )
-    raw = arrays.pop(_META)
-    try:
-        if raw.dtype != np.uint8 or raw.ndim != 1:
-            raise ValueError("meta is not a byte string")
-        meta = json.loads(raw.tobytes().decode("utf-8"))
-        if not isinstance(meta, dict):
-            raise ValueError("meta is not a JSON object")
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: corrupt checkpoint metadata ({exc})") from None
-    return arrays, meta
+    with _Archive(path) as archive:
+        meta = archive.meta()
+        if check is not None:
+            check(meta, archive.headers)
+        return archive.read_arrays(), meta
+
+
+def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
+    """Only the meta of a checkpoint (its arrays' headers are checked, their data not read)."""
+    with _Archive(path) as archive:
+        return archive.meta()
+
+
+class _Archive:
+    """An open checkpoint: the zip directory and every member's declared array header."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def __enter__(self) -> _Archive:
+        from cnncli.fileio import FileReadError, open_regular
+
+        path = self.path
+        try:
+            self.fh = open_regular(path, "checkpoint")
+        except FileReadError as exc:
+            reason = "is a folder, expected a checkpoint .npz file" \
+                if exc.reason.startswith("is a folder") else exc.reason
+            raise DataError(f"{path}: {reason}") from None
+        try:
+            self.zf = zipfile.ZipFile(self.fh)
+            self.headers, self.members = self._read_headers()
+        except BaseException as exc:
+            self.fh.close()
+            if isinstance(exc, DataError):
+                raise
+            if isinstance(exc, zipfile.BadZipFile) and "not a zip file" in str(exc).lower():
+                raise DataError(f"{path}: not a checkpoint (not an .npz archive, or "
+                                "truncated)") from None
+            if isinstance(exc, _READ_ERRORS):
+                raise DataError(f"{path}: corrupt or truncated checkpoint ({exc})") from None
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.zf.close()
+        self.fh.close()
+
+    def _read_headers(self) -> tuple[dict[str, ArrayHeader], dict[str, zipfile.ZipInfo]]:
+        headers: dict[str, ArrayHeader] = {}
+        members: dict[str, zipfile.ZipInfo] = {}
+        for info in self.zf.infolist():
+            if info.is_dir():
+                continue
+            if not info.filename.endswith(".npy"):
+                raise DataError(f"{self.path}: not a cnncli checkpoint (member "
+                                f"'{info.filename}' is not an array)")
+            name = info.filename[:-4]
+            with self.zf.open(info) as f:
+                version = np.lib.format.read_magic(f)
+                if version == (1, 0):
+                    shape, _fortran, dtype = np.lib.format.read_array_header_1_0(f)
+                elif version == (2, 0):
+                    shape, _fortran, dtype = np.lib.format.read_array_header_2_0(f)
+                else:
+                    raise ValueError(f"array '{name}': unsupported .npy version {version}")
+                if dtype.hasobject:
+                    raise ValueError(f"array '{name}' holds Python objects (pickle), which "
+                                     "is never loaded")
+                declared = math.prod(shape) * dtype.itemsize
+                held = info.file_size - f.tell()
+            if declared != held:
+                dims = "x".join(map(str, shape)) or "scalar"
+                raise DataError(f"{self.path}: corrupt checkpoint: array '{name}' declares "
+                                f"{dims} {dtype} ({declared:,} bytes) but holds {held:,}")
+            headers[name] = ArrayHeader(tuple(shape), dtype)
+            members[name] = info
+        if _FORMAT not in headers or _META not in headers:
+            raise DataError(f"{self.path}: not a cnncli checkpoint (no {_FORMAT}/{_META} "
+                            "entries)")
+        return headers, members
+
+    def _read(self, name: str) -> np.ndarray:
+        try:
+            with self.zf.open(self.members[name]) as f:
+                return np.lib.format.read_array(f, allow_pickle=False)
+        except _READ_ERRORS as exc:
+            raise DataError(f"{self.path}: corrupt or truncated checkpoint ({exc})") from None
+
+    def meta(self) -> dict[str, Any]:
+        path = self.path
+        version = self._read(_FORMAT)
+        if version.shape != () or version.dtype.kind not in "iu":
+            raise DataError(f"{path}: bad checkpoint format version")
+        if int(version) > FORMAT_VERSION:
+            raise DataError(
+                f"{path}: checkpoint format {int(version)} is newer than this cnncli reads "
+                f"({FORMAT_VERSION}); upgrade cnncli"
+            )
+        raw = self._read(_META)
+        try:
+            if raw.dtype != np.uint8 or raw.ndim != 1:
+                raise ValueError("meta is not a byte string")
+            meta = json.loads(raw.tobytes().decode("utf-8"))
+            if not isinstance(meta, dict):
+                raise ValueError("meta is not a JSON object")
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            raise DataError(f"{path}: corrupt checkpoint metadata ({exc})") from None
+        return meta
+
+    def read_arrays(self) -> dict[str, np.ndarray]:
+        return {name: self._read(name) for name in self.headers if name not in (_META, _FORMAT)}
+
+
+_READ_ERRORS = (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, zlib.error,
+                NotImplementedError, RuntimeError)
 
 
 def generator_state(rng: np.random.Generator) -> dict[str, Any]:

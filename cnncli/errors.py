@@ -16,6 +16,17 @@ class ExitCode(IntEnum):
     FAILURE = 1  # the command ran but its verdict is negative (gradcheck failed, files skipped)
     BAD_INPUT = 2  # invalid arguments, spec, data or checkpoint; nothing was done
     INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
+    TERMINATED = 143  # SIGTERM (128 + 15), handled like Ctrl-C
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C's KeyboardInterrupt would be, so that every clean-up
+    written for Ctrl-C (temporary files, the last good checkpoint) runs for it too."""
+
+
+def interrupt_exit_code(exc: BaseException) -> ExitCode:
+    """143 for SIGTERM, 130 for Ctrl-C."""
+    return ExitCode.TERMINATED if isinstance(exc, Terminated) else ExitCode.INTERRUPTED
 
 
 class CnnError(Exception):

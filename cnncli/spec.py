@@ -72,16 +72,36 @@ def load_spec(source: str | Path | dict, *, input_shape: Shape | None = None) ->
         return spec_from_dict(source, input_shape=input_shape)
     if isinstance(source, Path) or ("\n" not in source and not _looks_like_yaml(source)):
         path = Path(source)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise SpecError("no such file", file=str(path)) from None
-        except IsADirectoryError:
-            raise SpecError("is a directory, not a spec file", file=str(path)) from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise SpecError(f"cannot read: {exc}", file=str(path)) from None
-        return parse_spec(text, file=str(path), input_shape=input_shape)
+        return parse_spec(read_spec_text(path), file=str(path), input_shape=input_shape)
     return parse_spec(source, input_shape=input_shape)
+
+
+#: Most bytes a spec file (or stdin) may hold; real specs are a few kilobytes.
+MAX_SPEC_BYTES = 8 << 20
+
+
+def read_spec_text(path: str | Path) -> str:
+    """The text of a spec file: a regular UTF-8 file of at most :data:`MAX_SPEC_BYTES`
+    (a FIFO or ``/dev/zero`` is refused at once instead of blocking or filling memory)."""
+    from cnncli.fileio import FileReadError, read_text
+
+    try:
+        return read_text(path, limit=MAX_SPEC_BYTES, what="spec")
+    except FileReadError as exc:
+        reason = {"spec not found": "no such file",
+                  "is a folder, not a file": "is a directory, not a spec file"}.get(
+                      exc.reason, exc.reason)
+        raise SpecError(reason, file=str(path)) from None
+
+
+def read_spec_stream(stream: Any, source: str = "<stdin>") -> str:
+    """The text of a spec read from a stream (``cnn shapes -``), bounded like a file."""
+    from cnncli.fileio import FileReadError, read_stream
+
+    try:
+        return read_stream(stream, source, limit=MAX_SPEC_BYTES, what="spec")
+    except FileReadError as exc:
+        raise SpecError(exc.reason, file=source) from None
 
 
 def _looks_like_yaml(s: str) -> bool:

@@ -37,7 +37,16 @@ class YList(list):
 
 def load_yaml(text: str, file: str | None = None) -> Any:
     """Parse one YAML document with safe semantics, keeping line numbers."""
-    loader = yaml.SafeLoader(text)
+    try:
+        # The reader checks every character when it is built: a NUL byte fails here.
+        loader = yaml.SafeLoader(text)
+    except yaml.reader.ReaderError as exc:
+        line = text[: exc.position].count("\n") + 1
+        char = exc.character if isinstance(exc.character, int) else 0
+        raise SpecError(f"unacceptable character #x{char:04x} at column "
+                        f"{exc.position - text.rfind(chr(10), 0, exc.position)} (control "
+                        "characters such as NUL are not allowed in YAML)",
+                        file=file, line=line) from None
     try:
         node = loader.get_single_node()
     except yaml.YAMLError as exc:

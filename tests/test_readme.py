@@ -25,3 +25,11 @@ def test_quickstart_is_three_commands_and_ci_runs_them():
     assert len(commands) == 3
     ci = (README.parent / ".ci" / "run").read_text(encoding="utf-8")
     assert commands[0] in ci and commands[2] in ci
+
+
+def test_reliability_section_names_the_tests_that_check_it():
+    text = README.read_text(encoding="utf-8")
+    section = re.search(r"## Reliability\n(.*?)\n## ", text, re.S).group(1)
+    named = set(re.findall(r"`(test_\w+\.py)`", section))
+    folder = README.parent / "tests" / "reliability"
+    assert named == {p.name for p in folder.glob("test_*.py")}

@@ -1,180 +1,52 @@
-"""Reading and writing images robustly.
+"""Writing augmented images back like their sources (reading is :mod:`cnncli.imageio`).
 
-Reading (:func:`read_image`) returns the pixels as an (H, W, C) ``uint8`` or ``uint16`` array
-plus what is needed to write them back in the same mode:
+:func:`encode_image` encodes pixels in the source's mode where the output format allows
+(palette images mapped back onto their palette, 16-bit grey kept 16-bit for PNG/TIFF/PGM,
+1-bit PBM thresholded back to 1 bit) and rescales or flattens where it does not (16 bits to 8
+for JPEG/WebP/BMP/GIF as ``round(v * 255 / 65535)``, alpha over white for JPEG and PPM).
+Files are written with :func:`cnncli.fileio.atomic_write_bytes`.
 
-* EXIF orientation is applied (a phone photo stored sideways comes out upright).
-* Modes: L, LA, RGB, RGBA stay as they are; palette images are expanded to RGB (RGBA when the
-  palette has transparency) and remembered, so PNG/BMP/TIFF outputs are mapped back onto the
-  same palette; 1-bit becomes L; CMYK/YCbCr/LAB/HSV become RGB.
-* 16-bit greyscale stays 16-bit (``uint16``) all the way through. Pillow's own conversions clip
-  such images to 255, i.e. white (a known trap); JPEG/WebP/BMP outputs, which cannot hold 16
-  bits, are rescaled with ``round(v * 255 / 65535)`` instead. 48/64-bit PNGs are reduced to 8
-  bits per channel by Pillow itself; that is reported as a warning.
-* Images over ``max_pixels`` (decompression bombs) are refused before decoding; truncated,
-  corrupt, unreadable and non-image files raise :class:`ImageReadError` with a one-line reason.
-* With ``rgbx=True`` an RGB image comes back 4 bytes per pixel, as an (H, W, 3) view of an
-  (H, W, 4) buffer (:func:`rgbx_base`): the layout Pillow keeps RGB in, so one copy out of
-  Pillow instead of two, and the layout the packed kernels and :func:`to_pil` want.
-
-Writing (:func:`encode_image`, :func:`write_atomic`) encodes to memory, then writes a temporary
-file in the destination folder and renames it over the target, so a reader never sees a
-half-written image and an interrupted run leaves no partial outputs.
+The reading API (:func:`read_image`, :class:`ImageMeta`, :class:`ImageReadError`,
+:data:`IMAGE_EXTENSIONS`) is re-exported from :mod:`cnncli.imageio`, the one decoder.
 """
 
 from __future__ import annotations
 
-import contextlib
 import io
-import itertools
-import os
-import warnings
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from cnncli.errors import DataError
+from cnncli.imageio import (
+    DEFAULT_MAX_PIXELS,
+    IMAGE_EXTENSIONS,
+    WRITE_FORMATS,
+    ImageMeta,
+    ImageReadError,
+    read_image,
+)
 
-IMAGE_EXTENSIONS = {
-    ".jpg": "JPEG",
-    ".jpeg": "JPEG",
-    ".png": "PNG",
-    ".bmp": "BMP",
-    ".tif": "TIFF",
-    ".tiff": "TIFF",
-    ".webp": "WEBP",
-}
-DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own default limit (about 0.25 GiB of RGBA)
-TEMP_PREFIX = ".cnnaug-"
-TEMP_SUFFIX = ".tmp"
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "IMAGE_EXTENSIONS",
+    "WRITE_FORMATS",
+    "ImageMeta",
+    "ImageReadError",
+    "encode_image",
+    "output_format",
+    "read_image",
+    "rgbx_base",
+    "to_palette",
+    "to_pil",
+]
 
-
-class ImageReadError(DataError):
-    """A file that cannot be used as an input image (the run skips it and reports it)."""
-
-
-@dataclass
-class ImageMeta:
-    """What :func:`encode_image` needs to write pixels back like the source."""
-
-    format: str  # Pillow format name of the source ("JPEG", "PNG", ...)
-    mode: str  # source mode as Pillow opened it
-    palette: Any = None  # a Pillow "P" image whose palette outputs are mapped back onto
-    icc_profile: bytes | None = None
-    warnings: list[str] = field(default_factory=list)
-
-
-def read_image(
-    path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS, rgbx: bool = False
-) -> tuple[np.ndarray, ImageMeta]:
-    """Decode ``path`` into (pixels, meta); raises :class:`ImageReadError` for bad files.
-
-    ``rgbx``: RGB pixels as a read-only (H, W, 3) view of an (H, W, 4) buffer (see the module
-    docstring); otherwise every array is a writable C-contiguous copy.
-    """
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    path = Path(path)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                w, h = im.size
-                if w * h > max_pixels:
-                    raise ImageReadError(
-                        f"too many pixels: {w}x{h} = {w * h:,} > limit {max_pixels:,} "
-                        "(decompression bomb guard; raise it with --max-pixels)"
-                    )
-                fmt = im.format or IMAGE_EXTENSIONS.get(path.suffix.lower(), "PNG")
-                mode = im.mode
-                meta = ImageMeta(format=fmt, mode=mode, icc_profile=im.info.get("icc_profile"))
-                if fmt == "PNG":
-                    depth = _png_bit_depth(path)
-                    if depth == 16 and mode in ("RGB", "RGBA"):
-                        meta.warnings.append(
-                            f"{depth}-bit-per-channel colour PNG read as 8 bits per channel "
-                            "(Pillow cannot decode more)"
-                        )
-                im.load()
-                ImageOps.exif_transpose(im, in_place=True)
-                pixels = _to_array(im, meta, rgbx=rgbx)
-    except ImageReadError:
-        raise
-    except FileNotFoundError:
-        raise ImageReadError("file not found (dangling link?)") from None
-    except PermissionError:
-        raise ImageReadError("permission denied") from None
-    except IsADirectoryError:
-        raise ImageReadError("is a directory") from None
-    except UnidentifiedImageError:
-        raise ImageReadError("not an image (or a format Pillow cannot read)") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageReadError(f"too many pixels (decompression bomb guard): {exc}") from None
-    except OSError as exc:
-        if exc.errno == 40:  # ELOOP
-            raise ImageReadError("symbolic link loop") from None
-        reason = str(exc) or type(exc).__name__
-        if "truncated" in reason:
-            reason = f"truncated or corrupt: {reason}"
-        raise ImageReadError(reason) from None
-    except Exception as exc:  # decoders raise SyntaxError, ValueError, struct.error, ...
-        raise ImageReadError(f"corrupt image: {type(exc).__name__}: {exc}") from None
-    return pixels, meta
-
-
-def _png_bit_depth(path: Path) -> int | None:
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(26)
-    except OSError:
-        return None
-    if len(head) == 26 and head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
-        return head[24]
-    return None
-
-
-def _to_array(im: Any, meta: ImageMeta, *, rgbx: bool = False) -> np.ndarray:
-    """Pillow image -> (H, W, C) uint8/uint16, recording palette information in ``meta``."""
-    mode = im.mode
-    if mode == "P":
-        has_alpha = "transparency" in im.info
-        if not has_alpha:
-            meta.palette = im
-        im = im.convert("RGBA" if has_alpha else "RGB")
-    elif mode == "PA":
-        im = im.convert("RGBA")
-    elif mode == "1":
-        im = im.convert("L")
-    elif mode in ("CMYK", "YCbCr", "LAB", "HSV", "RGBX"):
-        if mode != "RGBX":
-            meta.icc_profile = None  # a CMYK/Lab profile would mislabel the RGB output
-        im = im.convert("RGB")
-    elif mode in ("La", "RGBa"):
-        im = im.convert(mode[:-1] + "A")
-    elif mode.startswith("I;16") or mode == "I":
-        arr = np.array(im)
-        if mode == "I" and (arr.min() < 0 or arr.max() > 65535):
-            raise ImageReadError("32-bit integer image with values outside 0..65535")
-        return np.ascontiguousarray(arr.astype(np.uint16))[:, :, None]
-    elif mode == "F":
-        raise ImageReadError("32-bit float images are not supported")
-    if im.mode not in ("L", "LA", "RGB", "RGBA"):
-        raise ImageReadError(f"unsupported image mode {im.mode}")
-    if rgbx and im.mode == "RGB":
-        w, h = im.size
-        return np.ndarray((h, w, 4), np.uint8, buffer=im.tobytes("raw", "RGBX"))[..., :3]
-    arr = np.array(im)  # a writable copy (np.asarray of a Pillow image is read-only)
-    if arr.ndim == 2:
-        arr = arr[:, :, None]
-    return np.ascontiguousarray(arr)
+_WRITABLE = frozenset(WRITE_FORMATS.values())
 
 
 def output_format(src_format: str, wanted: str) -> str:
     """Pillow format to write: ``keep`` keeps the source's, else ``PNG`` or ``JPEG``."""
     if wanted == "keep":
-        return src_format if src_format in set(IMAGE_EXTENSIONS.values()) else "PNG"
+        return src_format if src_format in _WRITABLE else "PNG"
     return {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG"}[wanted]
 
 
@@ -266,16 +138,20 @@ def encode_image(
     arr: np.ndarray, meta: ImageMeta, fmt: str, *, quality: int = 95, png_level: int = 1
 ) -> bytes:
     """Encode pixels in Pillow format ``fmt``, in the source's mode where the format allows."""
-    if fmt in ("JPEG", "WEBP", "BMP") and arr.dtype == np.uint16:
+    if fmt in ("JPEG", "WEBP", "BMP", "GIF") and arr.dtype == np.uint16:
         arr = _to_8bit(arr)
-    if fmt == "JPEG":
+    if fmt in ("JPEG", "PPM"):
         arr = _flatten_alpha(arr)
     if fmt in ("JPEG", "BMP") and arr.shape[2] == 2:
         arr = _flatten_alpha(arr)
-    if meta.palette is not None and fmt in ("PNG", "BMP", "TIFF") and arr.shape[2] == 3:
+    if meta.palette is not None and fmt in ("PNG", "BMP", "TIFF", "GIF") and arr.shape[2] == 3:
         im = to_palette(arr, meta.palette)
     else:
         im = to_pil(arr, rgbx=fmt == "JPEG")
+    if fmt == "PPM" and meta.mode == "1" and im.mode == "L":  # a PBM stays 1-bit
+        from PIL import Image
+
+        im = im.convert("1", dither=Image.Dither.NONE)
     kwargs: dict[str, Any] = {}
     if meta.icc_profile and fmt in ("JPEG", "PNG", "TIFF", "WEBP"):
         kwargs["icc_profile"] = meta.icc_profile
@@ -290,34 +166,3 @@ def encode_image(
     buf = io.BytesIO()
     im.save(buf, format=fmt, **kwargs)
     return buf.getvalue()
-
-
-def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``.
-
-    The temporary name is hidden (``.cnnaug-<pid>-<n>-<name>.tmp``) and created with
-    ``O_EXCL``; permissions follow the umask like any new file. Names are plain strings
-    (``os.path``): this runs once per output, and ``pathlib`` costs a few microseconds more.
-    """
-    path = os.fspath(path)
-    folder, name = os.path.split(path)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    while True:
-        hidden = f"{TEMP_PREFIX}{os.getpid()}-{next(_COUNTER)}-{name}{TEMP_SUFFIX}"
-        tmp = os.path.join(folder, hidden)
-        try:
-            fd = os.open(tmp, flags, 0o666)
-            break
-        except FileExistsError:  # left over by a killed process that had our pid
-            continue
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-_COUNTER = itertools.count()

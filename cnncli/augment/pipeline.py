@@ -109,27 +109,30 @@ class Pipeline:
         return header + yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
 
     def save(self, path: str | Path) -> None:
-        from cnncli.augment.io import write_atomic
+        from cnncli.fileio import atomic_write_bytes
 
-        write_atomic(Path(path), self.to_yaml().encode())
+        if Path(path).is_dir():
+            raise PipelineError(f"{path}: is a folder; give a file name for the pipeline")
+        atomic_write_bytes(path, self.to_yaml().encode(), "pipeline file")
 
     @classmethod
     def load(cls, path: str | Path) -> Pipeline:
-        import yaml
+        """Read a pipeline YAML file (a regular UTF-8 file of at most 8 MiB; safe YAML with
+        duplicate keys refused, as for specs)."""
+        from cnncli.errors import SpecError
+        from cnncli.fileio import FileReadError, read_text
+        from cnncli.yamlsrc import load_yaml
 
         path = Path(path)
         try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise PipelineError(
-                f"cannot read pipeline file {path}: {exc.strerror or exc}"
-            ) from None
+            text = read_text(path, what="pipeline file")
+        except FileReadError as exc:
+            raise PipelineError(f"cannot read pipeline file {path}: {exc.reason}") from None
         try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f":{mark.line + 1}" if mark is not None else ""
-            raise PipelineError(f"{path}{where}: not valid YAML") from None
+            data = load_yaml(text, str(path))
+        except SpecError as exc:
+            where = f":{exc.line}" if exc.line is not None else ""
+            raise PipelineError(f"{path}{where}: not valid YAML: {exc.message}") from None
         return cls.from_dict(data, source=str(path))
 
     def short(self) -> str:
@@ -362,6 +365,9 @@ def parse_ops(text: str) -> Pipeline:
                 if "=" not in arg:
                     raise PipelineError(f"op '{cls.name}': expected key=value, got '{arg.strip()}'")
                 key, val = arg.split("=", 1)
+                if key.strip() in cfg:
+                    raise PipelineError(
+                        f"op '{cls.name}': parameter '{key.strip()}' is given twice")
                 cfg[key.strip()] = _scalar(val)
         ops.append(make_op(cls.name, cfg))
     return Pipeline(ops)

@@ -33,26 +33,37 @@ import multiprocessing as mp
 import os
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from cnncli.augment.io import (
-    DEFAULT_MAX_PIXELS,
-    IMAGE_EXTENSIONS,
-    TEMP_PREFIX,
-    ImageReadError,
-    encode_image,
-    output_format,
-    read_image,
-    write_atomic,
-)
+from cnncli.augment.io import encode_image, output_format
 from cnncli.augment.pipeline import Pipeline
 from cnncli.augment.transforms import Pca
 from cnncli.errors import CnnError, DataError
+from cnncli.fileio import (
+    LOCK_NAME,
+    FolderLock,
+    WriteError,
+    atomic_write_bytes,
+    guard_outputs,
+    is_temp_name,
+    make_folder,
+    not_regular_reason,
+    remove_empty_folders,
+    remove_stale_temps,
+    sync_filesystem,
+)
+from cnncli.imageio import (
+    DEFAULT_MAX_PIXELS,
+    IMAGE_EXTENSIONS,
+    WRITE_FORMATS,
+    ImageReadError,
+    read_image,
+)
 
 MANIFEST_CSV = "manifest.csv"
 MANIFEST_JSONL = "manifest.jsonl"
@@ -176,30 +187,46 @@ def source_rng(seed: int, rel: str) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=path_key(rel)))
 
 
-def check_paths(src: Path, out: Path, *, overwrite: bool) -> None:
-    """Refuse (exit 2) a missing input, an output inside the input, an existing output."""
+def check_paths(
+    src: Path,
+    out: Path,
+    *,
+    overwrite: bool,
+    inputs: Sequence[tuple[Path | None, str]] = (),
+    outputs: Sequence[tuple[Path | None, str]] = (),
+) -> None:
+    """Refuse (exit 2) a missing input, an output that is, contains or lies inside an input
+    (``inputs`` and ``outputs`` name more of them: a pipeline file, ``--save-pipeline``),
+    and an existing output folder that is not empty."""
     if not src.exists():
         raise DataError(f"input not found: {src}")
     if not (src.is_dir() or src.is_file()):
-        raise DataError(f"input is neither a folder nor a file: {src}")
-    rsrc, rout = src.resolve(), out.resolve()
-    if src.is_dir() and (rout == rsrc or rsrc in rout.parents):
-        raise CnnError(
-            f"output folder {out} is inside the input folder {src}; choose a folder outside it "
-            "(its outputs would become inputs)"
-        )
+        raise DataError(f"input is neither a folder nor a regular file: {src}")
+    what = "the input folder" if src.is_dir() else "the input image"
+    guard_outputs([(out, "the output folder"), *outputs], [(src, what), *inputs])
     if out.exists() and not out.is_dir():
         raise CnnError(f"output path exists and is not a folder: {out}")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
+    if not overwrite and _has_entries(out):
         raise CnnError(
             f"output folder {out} already exists and is not empty; pass --overwrite to write "
             "into it (files with the same names are replaced, nothing is deleted)"
         )
 
 
+def _has_entries(folder: Path) -> bool:
+    """Whether ``folder`` holds anything but a lock file and stale temporary files."""
+    try:
+        with os.scandir(folder) as it:
+            return any(e.name != LOCK_NAME and not is_temp_name(e.name) for e in it)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError as exc:
+        raise CnnError(f"cannot read the output folder {folder}: {_os_reason(exc)}") from None
+
+
 def discover(src: Path, summary: Summary) -> list[Source]:
     """Image files under ``src`` in sorted order; loops and unreadable folders go to ``skipped``."""
-    if src.is_file():
+    if not src.is_dir():
         if src.suffix.lower() not in IMAGE_EXTENSIONS:
             raise DataError(
                 f"not an image file name ({', '.join(sorted(IMAGE_EXTENSIONS))}): {src}"
@@ -241,13 +268,26 @@ def discover(src: Path, summary: Summary) -> list[Source]:
                 is_dir = False
             if is_dir:
                 walk(Path(entry.path), child)
-            elif Path(entry.name).suffix.lower() in IMAGE_EXTENSIONS:
-                found.append(Source(Path(entry.path), child))
-            else:
+            elif Path(entry.name).suffix.lower() not in IMAGE_EXTENSIONS:
                 summary.ignored += 1
+            elif _not_regular(entry):
+                # A FIFO would block the run and a device never end: never opened.
+                summary.skipped.append(Problem(child, _not_regular(entry)))
+            else:
+                found.append(Source(Path(entry.path), child))
 
     walk(src, "")
     return found
+
+
+def _not_regular(entry: os.DirEntry) -> str:
+    """'' for a regular file (or a dangling link, which then fails as a file), else why not."""
+    try:
+        if entry.is_file():  # follows links; from the folder listing, no extra system call
+            return ""
+        return not_regular_reason(entry.stat().st_mode)
+    except OSError:
+        return ""
 
 
 def _os_reason(exc: OSError) -> str:
@@ -296,6 +336,7 @@ def _init_worker(ctx: _Context) -> None:
     global _CTX
     _CTX = ctx
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the parent's handler raises; a worker dies
 
 
 def _work(source: Source) -> SourceResult:
@@ -310,12 +351,12 @@ def process_source(source: Source, ctx: _Context) -> SourceResult:
     try:
         pixels, meta = read_image(source.path, max_pixels=st.max_pixels, rgbx=True)
     except ImageReadError as exc:
-        result.failure = str(exc)
+        result.failure = exc.reason
         return result
     result.warnings.extend(meta.warnings)
     shape = tuple(pixels.shape)
     ext = Path(source.rel).suffix.lower()
-    fmt = output_format(IMAGE_EXTENSIONS.get(ext, meta.format), st.out_format)
+    fmt = output_format(WRITE_FORMATS.get(ext, meta.format), st.out_format)
     try:
         if source.outputs:
             (ctx.out_root / source.outputs[0]).parent.mkdir(parents=True, exist_ok=True)
@@ -334,12 +375,15 @@ def process_source(source: Source, ctx: _Context) -> SourceResult:
             ]
             for index, img, data in zip(range(start, stop), imgs, blobs, strict=True):
                 out_rel = source.outputs[index]
-                write_atomic(ctx.out_root / out_rel, data)
+                # Made durable once per run (sync_filesystem), not per file: see run().
+                atomic_write_bytes(ctx.out_root / out_rel, data, "output", fsync=False)
                 h, w = int(img.shape[0]), int(img.shape[1])
                 result.records.append(
                     OutputRecord(out_rel, source.rel, index, w, h, sampled[index])
                 )
             start = stop
+    except WriteError as exc:
+        result.failure = f"cannot write output: {exc.reason}"
     except OSError as exc:
         result.failure = f"cannot write output: {exc.strerror or exc}"
     except Exception as exc:  # an image the ops cannot handle must not stop the run
@@ -371,14 +415,16 @@ def _dry_check(source: Source, max_pixels: int) -> str | None:
     """Header-only check for a dry run: None if the file looks like a usable image."""
     from PIL import Image
 
+    from cnncli.fileio import open_regular
+
     try:
-        with Image.open(source.path) as im:
+        with open_regular(source.path) as fh, Image.open(fh) as im:
             w, h = im.size
     except Exception as exc:  # noqa: BLE001 - any failure to identify the file
         try:
             read_image(source.path, max_pixels=max_pixels)
         except ImageReadError as err:
-            return str(err)
+            return err.reason
         return f"{type(exc).__name__}: {exc}"
     if w * h > max_pixels:
         return f"too many pixels: {w}x{h} = {w * h:,} > limit {max_pixels:,}"
@@ -447,15 +493,22 @@ def run(
     pipeline: Pipeline,
     settings: RunSettings,
     progress: Progress | None = None,
+    *,
+    inputs: Sequence[tuple[Path | None, str]] = (),
+    outputs: Sequence[tuple[Path | None, str]] = (),
 ) -> Summary:
     """Augment ``src`` (a folder or one image) into ``out``; returns the :class:`Summary`.
 
-    Raises :class:`~cnncli.errors.CnnError` (exit 2) for bad paths before anything is written.
-    Bad images never raise: they are listed in ``summary.failed``.
+    Raises :class:`~cnncli.errors.CnnError` (exit 2) for bad paths before anything is written:
+    ``inputs`` and ``outputs`` are more paths for :func:`check_paths` (the pipeline file the
+    caller read, a file it will write). Bad images never raise: they are listed in
+    ``summary.failed``. The output folder is locked for the whole run (a second run into it
+    is refused); a dry run writes nothing at all, not even the folder.
     """
     t0 = time.perf_counter()
     src_path, out_path = Path(src), Path(out)
-    check_paths(src_path, out_path, overwrite=settings.overwrite)
+    check_paths(src_path, out_path, overwrite=settings.overwrite, inputs=inputs,
+                outputs=outputs)
     workers = settings.workers or default_workers()
     summary = Summary(
         input=str(src_path),
@@ -489,8 +542,28 @@ def run(
 
     pipeline = with_folder_eigen(pipeline, sources, settings.max_pixels)
     pipeline = replace(pipeline, seed=settings.seed)
-    out_path.mkdir(parents=True, exist_ok=True)
+    created = make_folder(out_path)
+    lock = FolderLock(out_path, "output folder")
+    try:
+        lock.acquire()
+        # Again under the lock: another run may have filled the folder since the check.
+        if not settings.overwrite and _has_entries(out_path):
+            raise CnnError(f"output folder {out_path} is no longer empty (another run wrote "
+                           "into it); pass --overwrite to write into it")
+        remove_stale_temps(out_path, recursive=True)
+        _run_locked(summary, sources, out_path, pipeline, settings, workers, progress)
+    except BaseException:
+        lock.release()
+        remove_empty_folders(created)
+        raise
+    lock.release()
+    summary.seconds = time.perf_counter() - t0
+    return summary
 
+
+def _run_locked(summary: Summary, sources: list[Source], out_path: Path, pipeline: Pipeline,
+                settings: RunSettings, workers: int, progress: Progress | None) -> None:
+    """Process every source into the (locked) output folder, then write the manifests."""
     ctx = _Context(pipeline, settings, out_path)
     workers = max(1, min(workers, len(sources)))
     summary.workers = workers
@@ -512,14 +585,12 @@ def run(
                     results.append(res)
                     if progress:
                         progress(i, len(sources), res.source)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C, and SIGTERM in the CLI (errors.Terminated)
         # Workers are gone (the pool terminates them); keep what finished, drop half-writes.
         _remove_temp_files(out_path)
         _finish(summary, results, out_path, pipeline)
         raise
     _finish(summary, results, out_path, pipeline)
-    summary.seconds = time.perf_counter() - t0
-    return summary
 
 
 def _finish(summary: Summary, results: list[SourceResult], out: Path, pipeline: Pipeline) -> None:
@@ -532,6 +603,7 @@ def _finish(summary: Summary, results: list[SourceResult], out: Path, pipeline: 
             summary.failed.append(Problem(res.source, res.failure))
         summary.warnings.extend(Problem(res.source, w) for w in res.warnings)
     summary.done = len(records)
+    sync_filesystem(out)  # the outputs are on disk before the manifests that list them
     write_manifests(out, records)
     pipeline.save(out / PIPELINE_FILE)
 
@@ -559,14 +631,18 @@ def write_manifests(out: Path, records: list[OutputRecord]) -> None:
             }
         )
         lines.append(f'{head[:-1]},"ops":{ops}}}')
-    write_atomic(out / MANIFEST_CSV, buf.getvalue().encode("utf-8"))
-    write_atomic(out / MANIFEST_JSONL, ("\n".join(lines) + ("\n" if lines else "")).encode("utf-8"))
+    atomic_write_bytes(out / MANIFEST_CSV, buf.getvalue().encode("utf-8"), "manifest")
+    atomic_write_bytes(
+        out / MANIFEST_JSONL, ("\n".join(lines) + ("\n" if lines else "")).encode("utf-8"),
+        "manifest")
 
 
 def _remove_temp_files(out: Path) -> None:
+    """Remove every temporary file under ``out`` (ours, and stale ones of killed runs): called
+    with the lock held and the workers gone, so none of them is still being written."""
     for root, _dirs, files in os.walk(out):
         for name in files:
-            if name.startswith(TEMP_PREFIX):
+            if is_temp_name(name):
                 with contextlib.suppress(OSError):
                     os.unlink(os.path.join(root, name))
 

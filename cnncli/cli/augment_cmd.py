@@ -119,18 +119,25 @@ def augment(
         if input is not None:
             info(f"no --ops/--pipeline/--preset: using preset 'default' ({pipe.short()})")
     run_seed = seed if seed is not None else (pipe.seed if pipe.seed is not None else 0)
+    from dataclasses import replace
 
-    if save_pipeline is not None:
-        from dataclasses import replace
+    from cnncli.fileio import guard_outputs
 
-        replace(pipe, seed=run_seed).save(save_pipeline)
-        info(f"pipeline saved to {save_pipeline}")
-        if input is None and out is None:
-            return
+    saved = replace(pipe, seed=run_seed)
+    if save_pipeline is not None and input is None and out is None:
+        guard_outputs([(save_pipeline, "--save-pipeline")], [(pipeline, "the pipeline file")])
+        if dry_run:
+            info(f"dry run: would save the pipeline to {save_pipeline}")
+        else:
+            saved.save(save_pipeline)
+            info(f"pipeline saved to {save_pipeline}")
+        return
     if input is None:
         raise CnnError("missing INPUT folder (or use --list-ops)")
     if out is None:
         raise CnnError("missing --out DIR: where to write the augmented images")
+    if save_pipeline is not None and save_pipeline.is_dir():
+        raise CnnError(f"{save_pipeline}: --save-pipeline is a folder; give a file name")
 
     from cnncli.augment.runner import RunSettings, run
 
@@ -145,14 +152,28 @@ def augment(
         dry_run=dry_run,
         max_pixels=max_pixels,
     )
-    summary = _run_with_progress(run, input, out, pipe, settings)
+    from cnncli.augment.runner import MANIFEST_CSV, MANIFEST_JSONL, PIPELINE_FILE
+
+    paths = {"inputs": [(pipeline, "the pipeline file")],
+             "outputs": [(save_pipeline, "--save-pipeline"),
+                         *((out / name, f"the run's {name}")
+                           for name in (MANIFEST_CSV, MANIFEST_JSONL, PIPELINE_FILE))]}
+    summary = _run_with_progress(run, input, out, pipe, settings, paths)
+    if save_pipeline is not None:  # after the run's checks: a refused run writes nothing
+        if dry_run:
+            info(f"dry run: would save the pipeline to {save_pipeline}")
+        else:
+            saved.save(save_pipeline)
+            info(f"pipeline saved to {save_pipeline}")
     _render_summary(summary)
     if as_json:
         write_stdout(json.dumps(summary.to_dict(), indent=2))
     raise typer.Exit(int(ExitCode.FAILURE if summary.exit_code else ExitCode.OK))
 
 
-def _run_with_progress(run: Any, input: Path, out: Path, pipe: Any, settings: Any) -> Any:
+def _run_with_progress(
+    run: Any, input: Path, out: Path, pipe: Any, settings: Any, paths: dict[str, Any]
+) -> Any:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     with Progress(
@@ -169,7 +190,7 @@ def _run_with_progress(run: Any, input: Path, out: Path, pipe: Any, settings: An
         def progress(done: int, total: int, _last: str) -> None:
             bar.update(task, completed=done, total=total)
 
-        return run(input, out, pipe, settings, progress=progress)
+        return run(input, out, pipe, settings, progress=progress, **paths)
 
 
 def _render_summary(s: Any) -> None:

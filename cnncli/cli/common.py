@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import functools
+import os
+import signal
 import sys
+import time
 from collections.abc import Callable
 from enum import Enum
 from typing import Any, TypeVar
@@ -11,7 +14,7 @@ from typing import Any, TypeVar
 import typer
 from rich.console import Console
 
-from cnncli.errors import CnnError, ExitCode
+from cnncli.errors import CnnError, Terminated, interrupt_exit_code
 
 # Data goes to stdout, everything else (progress, warnings, errors) to stderr. rich turns
 # colour off by itself when the stream is not a terminal, and honours NO_COLOR.
@@ -50,24 +53,70 @@ def handle_errors(func: F) -> F:
         except CnnError as exc:
             error(str(exc))
             raise typer.Exit(int(exc.exit_code)) from None
-        except KeyboardInterrupt:
-            error("interrupted")
-            raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
+        except KeyboardInterrupt as exc:
+            error("terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted")
+            raise typer.Exit(int(interrupt_exit_code(exc))) from None
+        except MemoryError:
+            error("out of memory (try a smaller --batch, --batch-size or input size)")
+            raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
 
 
+#: After a first Ctrl-C or SIGTERM, more of them within this many seconds are ignored: the
+#: command is already cleaning up (a second Ctrl-C a few ms later must not interrupt that
+#: and print a traceback). One later than that ends the process at once.
+SIGNAL_GRACE_S = 2.0
+
+
+def install_signal_handlers() -> None:
+    """SIGTERM behaves like Ctrl-C (:class:`~cnncli.errors.Terminated` is a
+    KeyboardInterrupt, so the same clean-up runs; exit code 143 instead of 130), and a
+    second signal during the clean-up is ignored. Called by the ``cnn`` program only."""
+    first: list[float] = []
+
+    def on_signal(signum: int, frame: Any) -> None:
+        code = 143 if signum == signal.SIGTERM else 130
+        if first:
+            if time.monotonic() - first[0] < SIGNAL_GRACE_S:
+                return
+            os._exit(code)  # asked again, well after the first: stop now
+        first.append(time.monotonic())
+        raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+
+
+def ignore_signals() -> None:
+    """Ignore Ctrl-C and SIGTERM while the interpreter shuts down: Python resets signals
+    that have Python handlers to their default there, and one arriving then would end the
+    process by the signal instead of with the exit code already chosen (130, 143, ...)."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def error(message: str) -> None:
     """Print ``error: message`` on stderr (one line, markup-safe)."""
-    stderr.print(f"[bold red]error:[/] {_escape(message)}", highlight=False)
+    stderr.print(f"[bold red]error:[/] {_escape(one_line(message))}", highlight=False)
 
 
 def warn(message: str) -> None:
-    stderr.print(f"[yellow]warning:[/] {_escape(message)}", highlight=False)
+    stderr.print(f"[yellow]warning:[/] {_escape(one_line(message))}", highlight=False)
 
 
 def info(message: str) -> None:
     stderr.print(_escape(message), highlight=False)
+
+
+_CONTROL = {i: f"\\x{i:02x}" for i in [*range(32), 127] if i != 9}
+_CONTROL.update({10: "\\n", 13: "\\r", 0: "\\0"})
+
+
+def one_line(message: str) -> str:
+    """``message`` with line breaks and other control characters escaped: an error or warning
+    that quotes the user's text (a spec key, an --ops string) stays one line."""
+    return message.translate(_CONTROL)
 
 
 def write_stdout(text: str) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -9,7 +11,54 @@ import typer
 
 from cnncli.cli.app import app
 from cnncli.cli.common import TableOrJson, handle_errors, info, stdout, warn, write_stdout
-from cnncli.errors import ExitCode
+from cnncli.errors import CnnError, ExitCode
+
+#: What a training step keeps per activation value (forward output, cache, gradient): the
+#: estimate below multiplies the shape report's activation memory by it.
+_STEP_COPIES = 3
+
+
+def _network(spec: Path, input: str | None):
+    from cnncli.spec import load_spec, parse_hwc, resolve
+
+    shape = parse_hwc(input) if input else None
+    return resolve(load_spec(spec, input_shape=shape), shape)
+
+
+def _check_memory(network, batch: int, bytes_per_value: int, option: str = "--batch") -> None:
+    """Refuse, before anything is allocated, a batch whose activations (from the shape
+    report) plus weights cannot fit in the memory this machine has free."""
+    from cnncli.shapes import shape_report
+
+    totals = shape_report(network, batch)["totals"]
+    scale = bytes_per_value / totals["bytes_per_value"]
+    need = scale * (batch * (totals["input_bytes_per_image"]
+                             + _STEP_COPIES * totals["activation_bytes_per_image"])
+                    + 4 * totals["param_bytes"])  # weights, gradients, optimizer-sized spare
+    have = _available_memory()
+    if have is not None and need > have:
+        raise CnnError(
+            f"{network.spec.file or network.spec.name}: {option} {batch:,} needs about "
+            f"{_gib(need)} of memory (activations from the shape report, and weights), more "
+            f"than the {_gib(have)} available; use a smaller {option}")
+
+
+def _available_memory() -> int | None:
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:,.1f} GiB" if n >= 2**30 else f"{n / 2**20:,.0f} MiB"
 
 
 @app.command()
@@ -32,13 +81,16 @@ def gradcheck(
     from cnncli.engine import build_model
     from cnncli.engine.gradcheck import conditioning_warnings, summary
     from cnncli.engine.gradcheck import gradcheck as run_check
-    from cnncli.errors import CnnError
-    from cnncli.spec import parse_hwc
 
     if mode not in ("train", "eval"):
         raise CnnError(f"--mode must be train or eval, not {mode!r}")
-    shape = parse_hwc(input) if input else None
-    model = build_model(spec, input_shape=shape, dtype=np.float64, seed=seed)
+    if seed < 0:
+        raise CnnError(f"--seed must be a non-negative integer, got {seed}")
+    if not (math.isfinite(tol) and tol > 0):
+        raise CnnError(f"--tol must be a positive number, got {tol}")
+    network = _network(spec, input)
+    _check_memory(network, batch, 8)
+    model = build_model(network, dtype=np.float64, seed=seed)
     for w in conditioning_warnings(model, batch, mode == "train"):
         warn(w)
     results = run_check(model, batch=batch, samples=samples, tol=tol, seed=seed,
@@ -79,9 +131,10 @@ def time_cmd(
 
     from cnncli.engine import build_model
     from cnncli.engine.timing import time_layers
-    from cnncli.spec import parse_hwc
 
-    model = build_model(spec, input_shape=parse_hwc(input) if input else None)
+    network = _network(spec, input)
+    _check_memory(network, batch, 4)
+    model = build_model(network)
     if autotune:
         model.tune(batch, log=info)
     rep = time_layers(model, batch=batch, iterations=iterations)

@@ -13,7 +13,13 @@ from cnncli.cli import onnx_cmd  # noqa: E402,F401  isort: skip
 
 
 def main() -> None:
-    app()
+    from cnncli.cli.common import ignore_signals, install_signal_handlers
+
+    install_signal_handlers()
+    try:
+        app()
+    finally:
+        ignore_signals()  # from here to the end of the process: see ignore_signals
 
 
 if __name__ == "__main__":

@@ -46,11 +46,12 @@ def shapes(
     """Every layer's output size, parameters, multiply-adds and receptive field."""
     from cnncli.cli import render
     from cnncli.shapes import shapes as compute
-    from cnncli.spec import load_spec, parse_hwc, parse_spec
+    from cnncli.spec import load_spec, parse_hwc, parse_spec, read_spec_stream
 
     input_shape = parse_hwc(input) if input else None
     if spec == "-":
-        source = parse_spec(sys.stdin.read(), file="<stdin>", input_shape=input_shape)
+        text = read_spec_stream(sys.stdin)
+        source = parse_spec(text, file="<stdin>", input_shape=input_shape)
     elif spec.lower().endswith(".onnx"):
         from cnncli.onnxio.importer import load_onnx_spec
 

@@ -20,7 +20,7 @@ from cnncli.cli.common import (
     warn,
     write_stdout,
 )
-from cnncli.errors import CnnError, ExitCode
+from cnncli.errors import CnnError, ExitCode, interrupt_exit_code
 
 DEFAULT_DATA = Path("sample_data/mnist")
 
@@ -41,6 +41,8 @@ class _Progress:
         getattr(self, f"on_{kind}", lambda d: None)(data)
 
     def on_data(self, d: dict[str, Any]) -> None:
+        for w in d.get("warnings", ()):
+            warn(w)
         info(f"data: {d['train']} train, {d['val']} val, {d['test']} test images, "
              f"{len(d['classes'])} classes")
         info(f"input rule: {d['fit_rule']}")
@@ -147,30 +149,26 @@ def train(
                            f"only --epochs and --data may be given (got {', '.join(given)})")
         spec, cfg = None, TrainConfig()
         data_path = data
-        from cnncli.train.loop import resolve_checkpoint
+        from cnncli.train.loop import resolve_checkpoint, run_folder_of
 
-        out_dir = resolve_checkpoint(resume, "last").parent.parent
+        out_dir = run_folder_of(resolve_checkpoint(resume, "last"))
     progress = _Progress(quiet or format is TableOrJson.json and not stderr.is_terminal)
     try:
-        if resume is not None and data_path is None:
-            from cnncli.checkpoint import load_checkpoint
-            from cnncli.train.loop import resolve_checkpoint
-
-            data_path = load_checkpoint(resolve_checkpoint(resume, "last"))[1].get("data")
         result = run_train(spec, data=data_path, out=out_dir, config=cfg, resume=resume,
                            epochs=epochs if resume is not None else None,
-                           overwrite=overwrite, on_event=progress)
-    except KeyboardInterrupt:
+                           overwrite=overwrite, on_event=progress,
+                           inputs=[(config, "the training config")])
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (errors.Terminated)
         progress.close()
+        what = "terminated (SIGTERM)" if interrupt_exit_code(exc) != ExitCode.INTERRUPTED \
+            else "interrupted"
         if (out_dir / "checkpoints" / "last.npz").exists():
-            warn("interrupted: the last completed epoch's checkpoint is kept; continue with "
+            warn(f"{what}: the last completed epoch's checkpoint is kept; continue with "
                  f"cnn train --resume {out_dir}")
-        elif (out_dir / "config.yaml").exists():
-            warn(f"interrupted before the first epoch ended: nothing to resume in {out_dir} "
-                 "(start again with --overwrite)")
         else:
-            warn("interrupted before the first epoch ended: nothing was saved")
-        raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
+            warn(f"{what} before the first epoch ended: nothing was saved (start again with "
+                 "the same command)")
+        raise typer.Exit(int(interrupt_exit_code(exc))) from None
     finally:
         progress.close()
     summary = result.summary()
@@ -201,17 +199,24 @@ def evaluate(
     """Loss, accuracy, top-k, per-class precision/recall/F1 and the confusion matrix."""
     import json
 
-    from cnncli.train.predict import evaluate_checkpoint
+    from cnncli.fileio import guard_outputs, remove_stale_temps
+    from cnncli.train.predict import evaluate_checkpoint, evaluation_inputs
 
+    outputs = [(confusion_csv, "--confusion-csv"), (confusion_png, "--confusion-png")]
+    if confusion_csv or confusion_png:  # before anything is computed or written
+        guard_outputs(outputs, evaluation_inputs(checkpoint, data))
     rep = evaluate_checkpoint(checkpoint, data, top_k=top_k)
     classes = [r["class"] for r in rep["per_class"]]
+    for path, _ in outputs:
+        if path is not None:
+            remove_stale_temps(path.parent if str(path.parent) else Path("."))
     if confusion_csv:
         from cnncli.fileio import atomic_write_text
 
         rows = ["true\\pred," + ",".join(classes)]
         rows += [f"{c}," + ",".join(map(str, row))
                  for c, row in zip(classes, rep["confusion_matrix"])]
-        atomic_write_text(confusion_csv, "\n".join(rows) + "\n")
+        atomic_write_text(confusion_csv, "\n".join(rows) + "\n", "confusion matrix")
     if confusion_png:
         from cnncli.train.plot import confusion_png as draw
 
@@ -261,16 +266,21 @@ def predict(
     """Top-k labels with probabilities for image files."""
     import json
 
-    from cnncli.train.predict import expand_paths, predict_images
+    from cnncli.fileio import read_stream
+    from cnncli.train.predict import expand_paths_skipping, predict_images
 
     items = list(images or [])
     if not items and sys.stdin.isatty():
         raise CnnError("no images given (pass files or folders, or - to read paths from stdin)")
     if not items or items == ["-"]:
-        items = [line.strip() for line in sys.stdin if line.strip()]
+        text = read_stream(sys.stdin, "<stdin>", limit=64 << 20, what="list of image paths")
+        items = [line.strip() for line in text.splitlines() if line.strip()]
     if not items:
         raise CnnError("no images given (pass files or folders, or paths on stdin)")
-    results = predict_images(checkpoint, expand_paths(items), top_k=top_k)
+    paths, skipped = expand_paths_skipping(items)
+    for p, why in skipped:
+        warn(f"skipped {p}: {why}")
+    results = predict_images(checkpoint, paths, top_k=top_k)
     failed = [r for r in results if "error" in r]
     for r in failed:
         warn(r["error"])

@@ -17,7 +17,7 @@ validation split is carved out; population std). The rule actually applied comes
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -110,14 +110,19 @@ class Normalizer:
         return {"mean": [float(v) for v in self.mean], "std": [float(v) for v in self.std]}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Normalizer:
+    def from_dict(cls, d: Mapping[str, Any], where: str = "normalisation") -> Normalizer:
+        """The inverse of :meth:`to_dict`; ``where`` (the checkpoint) starts any error."""
+        short = repr(d) if len(repr(d)) <= 80 else repr(d)[:77] + "..."
         try:
             mean = np.asarray(d["mean"], dtype=np.float64)
             std = np.asarray(d["std"], dtype=np.float64)
         except (KeyError, TypeError, ValueError) as exc:
-            raise DataError(f"bad normalisation record {d!r} ({exc})") from None
-        if mean.ndim != 1 or mean.shape != std.shape or not (std > 0).all():
-            raise DataError(f"bad normalisation record {d!r}")
+            raise DataError(f"{where}: bad normalisation record {short} ({exc})") from None
+        if (mean.ndim != 1 or mean.shape != std.shape or not mean.size
+                or not np.isfinite(mean).all() or not np.isfinite(std).all()
+                or not (std > 0).all()):
+            raise DataError(f"{where}: bad normalisation record {short} (needs one finite "
+                            "mean and one positive std per channel)")
         return cls(mean, std)
 
     def describe(self) -> str:
@@ -142,6 +147,7 @@ class DataSplits:
     fit_rule: str
     normalizer: Normalizer
     source: str
+    warnings: list[str] = field(default_factory=list)  # e.g. skipped non-regular files
 
 
 def _find(folder: Path, prefixes: Sequence[str], marker: str) -> Path | None:
@@ -213,6 +219,13 @@ def _check_split(name: str, s: RawSplit, n_classes: int | None) -> None:
         )
     if s.y.shape[0] == 0:
         raise DataError(f"{s.x_file}: the {name} split has no images")
+    if 0 in s.x.shape[2:]:
+        raise DataError(f"{s.x_file}: the {name} split's images are "
+                        f"{s.x.shape[2]}x{s.x.shape[3]} pixels (no pixels to train on)")
+    if s.x.dtype.kind == "f" and not np.isfinite(s.x).all():
+        i = int(np.flatnonzero(~np.isfinite(s.x).reshape(len(s.x), -1).all(axis=1))[0])
+        raise DataError(f"{s.x_file}: image {i} of the {name} split holds NaN or infinite "
+                        "values")
     bad = np.flatnonzero(s.y < 0)
     if bad.size:
         raise DataError(f"{s.y_file}: negative label {s.y[bad[0]]} at index {bad[0]}")
@@ -333,7 +346,8 @@ def load_dataset(
             if not ds.x.flags.writeable or not ds.x.flags.c_contiguous:
                 ds.x = np.ascontiguousarray(ds.x, dtype=np.float32).copy()
             normalizer.apply(ds.x)
-    return DataSplits(train, val, test, classes, "; ".join(notes), normalizer, src.kind)
+    return DataSplits(train, val, test, classes, "; ".join(notes), normalizer, src.kind,
+                      list(src.warnings))
 
 
 def num_batches(n: int, batch_size: int, drop_last: bool = False) -> int:

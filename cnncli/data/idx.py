@@ -84,4 +84,6 @@ def read_idx_images(path: str | Path) -> np.ndarray:
 
 def read_idx_labels(path: str | Path) -> np.ndarray:
     """MNIST labels (magic 2049) as int64 ``[N]``."""
-    return read_idx(path, LABELS_MAGIC).astype(np.int64)
+    from cnncli.data.source import labels_to_int64
+
+    return labels_to_int64(read_idx(path, LABELS_MAGIC), str(path))

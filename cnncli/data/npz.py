@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cnncli.data.source import RawSplit, Source
+from cnncli.data.source import RawSplit, Source, labels_to_int64
 from cnncli.errors import DataError
 
 __all__ = ["images_to_nchw", "read_npz"]
@@ -35,6 +35,9 @@ _CHANNELS = (1, 3, 4)
 
 def images_to_nchw(x: np.ndarray, where: str) -> tuple[np.ndarray, str]:
     """Float32 ``[N, C, H, W]`` in [0, 1] from an array laid out as the rule says."""
+    if x.ndim in (3, 4) and 0 in x.shape[1:]:
+        raise DataError(f"{where}: images have shape {x.shape}, with no pixels (an empty "
+                        "height, width or channel axis)")
     if x.ndim == 3:
         x = x[:, None]
         layout = "N,H,W"
@@ -58,18 +61,6 @@ def images_to_nchw(x: np.ndarray, where: str) -> tuple[np.ndarray, str]:
     if not np.isfinite(out).all():
         raise DataError(f"{where}: images contain NaN or infinite values")
     return np.ascontiguousarray(out), layout
-
-
-def _labels(y: np.ndarray, where: str) -> np.ndarray:
-    if y.ndim == 2 and y.shape[1] == 1:
-        y = y[:, 0]
-    if y.ndim != 1:
-        raise DataError(f"{where}: labels have shape {y.shape}, expected [N] (class indices)")
-    if y.dtype.kind in "ui":
-        return y.astype(np.int64)
-    if y.dtype.kind == "f" and np.isfinite(y).all() and (y == np.round(y)).all():
-        return y.astype(np.int64)
-    raise DataError(f"{where}: labels must be whole numbers, got dtype {y.dtype}")
 
 
 def read_npz(path: Path) -> Source:
@@ -114,7 +105,7 @@ def read_npz(path: Path) -> Source:
         if f"x_{split}" not in arrays:
             continue
         x, layout = images_to_nchw(arrays[f"x_{split}"], f"{where} (x_{split})")
-        y = _labels(arrays[f"y_{split}"], f"{where} (y_{split})")
+        y = labels_to_int64(arrays[f"y_{split}"], f"{where} (y_{split})")
         layouts.add(layout)
         splits[split] = RawSplit(x, y, f"{where} (x_{split})", f"{where} (y_{split})")
     counts = ", ".join(f"{k} {len(s.y)}" for k, s in splits.items())

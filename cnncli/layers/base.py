@@ -10,6 +10,7 @@ feature maps and ``(units,)`` for vectors. The engine's arrays are NCHW.
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -296,6 +297,8 @@ def conv_padding(name: str, v: Any) -> str | tuple[int, int]:
 def number(name: str, v: Any) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise ValueError(f"'{name}' must be a number, got {v!r}")
+    if not math.isfinite(v):  # YAML's .nan and .inf: no layer means anything by them
+        raise ValueError(f"'{name}' must be a finite number, got {v!r}")
     return float(v)
 
 

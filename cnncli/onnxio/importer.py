@@ -86,13 +86,18 @@ def weight_warnings(spec: Any, report: dict[str, Any]) -> list[str]:
 
 
 def read_model(path: Path) -> Any:
+    from cnncli.fileio import read_file
+
     onnx = require_onnx()
     if not path.exists():
         raise SpecError("no such file", file=str(path))
     if path.is_dir():
         raise SpecError("is a directory, not an ONNX model", file=str(path))
+    # a regular file only (a FIFO or /dev/zero would hang onnx.load), 2 GiB at most
+    # (protobuf's own limit)
+    data = read_file(path, limit=2 << 30, what="ONNX model")
     try:
-        return onnx.load(str(path))
+        return onnx.load_model_from_string(data)
     except Exception as exc:  # noqa: BLE001 - protobuf raises its own DecodeError, OSError...
         raise SpecError(f"not a readable ONNX model ({type(exc).__name__}: {exc})",
                         file=str(path)) from None

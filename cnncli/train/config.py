@@ -111,6 +111,7 @@ def validate(cfg: TrainConfig, where: str = "training") -> None:
         (cfg.patience >= 0, "patience must be >= 0"),
         (cfg.loss in ("cross_entropy", "mse"), "loss must be cross_entropy or mse"),
         (cfg.eval_batch_size >= 1, "eval batch size must be >= 1"),
+        (cfg.seed >= 0, f"seed must be a non-negative integer, got {cfg.seed}"),
     ]
     for ok, message in checks:
         if not ok:
@@ -124,13 +125,15 @@ def resolve_config(spec_training: dict[str, Any] | None, config_file: str | Path
     if spec_training:
         cfg = merge(cfg, spec_training, "spec 'training' section")
     if config_file is not None:
+        from cnncli.fileio import FileReadError, read_text
         from cnncli.yamlsrc import load_yaml
 
         path = Path(config_file)
         try:
-            data = load_yaml(path.read_text(encoding="utf-8"), str(path))
-        except OSError as exc:
-            raise CnnError(f"{path}: cannot read training config ({exc.strerror})") from None
+            text = read_text(path, what="training config")
+        except FileReadError as exc:
+            raise CnnError(f"{path}: cannot read training config ({exc.reason})") from None
+        data = load_yaml(text, str(path))
         if isinstance(data, dict) and "training" in data and len(data) == 1:
             data = data["training"]
         if not isinstance(data, dict):

@@ -5,6 +5,12 @@ augmentation) has its own generator derived from the seed, and their states go i
 checkpoint. A run resumed from the checkpoint of epoch k therefore continues exactly as an
 uninterrupted run would. Ctrl-C discards the unfinished epoch (the last checkpoint is the
 resumable state) and a non-finite loss stops before the bad update reaches any checkpoint.
+
+A run folder holds one run at a time: it is locked (:class:`cnncli.fileio.FolderLock`) from
+before the "already holds a run" check until the run ends, and nothing is written into it
+before the first epoch has ended, so a run stopped earlier leaves no run behind (its folder
+is removed if the run created it) rather than a folder that is neither new nor resumable.
+No output may be, contain or lie inside an input (spec, data, pipeline, config).
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import functools
 import io
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,15 +28,24 @@ from typing import Any
 import numpy as np
 
 from cnncli.errors import CnnError, DataError, ExitCode
-from cnncli.fileio import atomic_write_text
+from cnncli.fileio import (
+    FolderLock,
+    atomic_write_text,
+    guard_outputs,
+    make_folder,
+    remove_empty_folders,
+    remove_stale_temps,
+)
 from cnncli.train.config import TrainConfig, merge
 
-RUN_FILES = ("config.yaml", "metrics.csv", "metrics.jsonl", "checkpoints")
+#: Files that make a folder a run (any of them): written from the end of the first epoch on.
+RUN_FILES = ("config.yaml", "metrics.csv", "metrics.jsonl", "summary.json",
+             "checkpoints/last.npz", "checkpoints/best.npz")
 # What a run writes (removed before a run replaces another with --overwrite)
 _OUTPUTS = ("config.yaml", "spec.yaml", "metrics.csv", "metrics.jsonl", "curves.png",
             "summary.json", "checkpoints/last.npz", "checkpoints/best.npz")
-_RESUME_KEYS = ("spec_text", "config", "normalizer", "rng", "history", "epoch")
 Event = Callable[[str, dict[str, Any]], None]
+Inputs = Sequence[tuple[str | Path | None, str]]
 
 
 class NonFiniteLoss(CnnError):
@@ -118,12 +133,37 @@ def evaluate_model(model: Any, dataset: Any, loss_kind: str = "cross_entropy",
     return {"loss": total / n, "accuracy": float((pred == dataset.y).mean()), "scores": scores}
 
 
+def holds_run(folder: Path) -> bool:
+    """Whether ``folder`` holds (part of) a run: any file a finished epoch writes."""
+    return any((folder / f).exists() for f in RUN_FILES)
+
+
 def _check_run_dir(out: Path, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise CnnError(f"{out}: exists and is not a folder")
-    if out.exists() and any((out / f).exists() for f in RUN_FILES) and not overwrite:
+    if not overwrite and holds_run(out):
         raise CnnError(f"{out}: already holds a run; pass --overwrite to replace it or "
                        f"--resume {out} to continue it")
+
+
+def run_folder_of(checkpoint: Path) -> Path:
+    """The run folder a checkpoint belongs to (``RUN/checkpoints/NAME.npz``), or DataError:
+    a resumed run writes its metrics and checkpoints there, so it must be a run."""
+    if checkpoint.parent.name != "checkpoints" or checkpoint.name not in ("last.npz", "best.npz"):
+        raise DataError(f"{checkpoint}: not a checkpoint inside a run folder "
+                        "(RUN/checkpoints/last.npz or best.npz); --resume continues a run in its "
+                        "own folder")
+    return checkpoint.parent.parent
+
+
+def _pipeline_file(augment: str | None) -> Path | None:
+    """The pipeline file an ``augment`` setting names, if it names one (not a preset/ops)."""
+    if not augment:
+        return None
+    text = str(augment).strip()
+    if text.lower().endswith((".yaml", ".yml")) or Path(text).is_file():
+        return Path(text)
+    return None
 
 
 def _metrics_files(run_dir: Path, history: list[dict[str, Any]]) -> None:
@@ -212,20 +252,12 @@ def _open_resume(resume: str | Path, epochs: int | None) -> tuple[Any, TrainConf
 
     The saved settings are the run's; only the number of epochs may grow on resume.
     """
-    from cnncli.checkpoint import load_checkpoint
-    from cnncli.spec import parse_spec
+    from cnncli.train.meta import load_training_checkpoint
 
     ckpt_path = resolve_checkpoint(resume, prefer="last")
-    arrays, meta = load_checkpoint(ckpt_path)
-    if meta.get("kind") != "cnncli-train":
-        raise DataError(f"{ckpt_path}: not a training checkpoint")
-    missing = [k for k in _RESUME_KEYS if k not in meta]
-    if missing or not isinstance(meta["config"], dict):
-        raise DataError(f"{ckpt_path}: incomplete training checkpoint (no "
-                        f"{', '.join(missing) or 'config'})")
-    spec = parse_spec(meta["spec_text"], file=meta.get("spec_file"))
+    arrays, meta, spec = load_training_checkpoint(ckpt_path, resume=True)
     config = merge(TrainConfig(), meta["config"], f"{ckpt_path} (saved settings)")
-    done = int(meta["epoch"])
+    done = meta["epoch"]
     if epochs is not None:
         if epochs < done:
             raise CnnError(f"{ckpt_path}: the run has already done {done} epochs; "
@@ -241,14 +273,20 @@ class _Trainer:
     batch is drawn), so a resumed run draws exactly what an uninterrupted one would.
     """
 
-    def __init__(self, spec_source: Any, *, data: str | Path, out: str | Path,
-                 config: TrainConfig, resume: str | Path | None, epochs: int | None,
-                 overwrite: bool, on_event: Event | None) -> None:
+    def __init__(self, on_event: Event | None, data: str | Path | None,
+                 config: TrainConfig) -> None:
         self.emit: Event = on_event or (lambda kind, data: None)
         self.data = data
         self.config = config
         self.ckpt_state: tuple | None = None
-        self._open(spec_source, out, resume, epochs, overwrite)
+        self.lock: FolderLock | None = None
+        self.created: list[Path] = []  # folders this run made (removed if left empty)
+        self.good_checkpoint: Path | None = None  # finite weights: loaded or written
+
+    def setup(self, spec_source: Any, *, out: str | Path, resume: str | Path | None,
+              epochs: int | None, overwrite: bool, inputs: Inputs) -> None:
+        """Everything before the first batch; writes nothing but the lock of a resumed run."""
+        self._open(spec_source, out, resume, epochs, overwrite, inputs)
         self._build_model()
         self._load_data()
         self._make_optimizer()
@@ -270,6 +308,7 @@ class _Trainer:
             self._start_run_folder(overwrite)
         ckpt_dir = self.run_dir / "checkpoints"
         self.last_path, self.best_path = ckpt_dir / "last.npz", ckpt_dir / "best.npz"
+        remove_stale_temps(ckpt_dir, legacy_names=("last.npz", "best.npz"))
         self.monitor = "val_accuracy" if self.splits.val is not None else "train_loss"
         self.stopped_early = False
         self.first_batch_time: float | None = None  # wall clock, for start-up benchmarks
@@ -277,18 +316,52 @@ class _Trainer:
     # -- setup ----------------------------------------------------------------------------
 
     def _open(self, spec_source: Any, out: str | Path, resume: str | Path | None,
-              epochs: int | None, overwrite: bool) -> None:
-        """Spec, settings and run folder: a resumed run's own, or new ones."""
+              epochs: int | None, overwrite: bool, inputs: Inputs) -> None:
+        """Spec, settings and run folder: a resumed run's own (locked now), or new ones;
+        no output may alias an input."""
+        from cnncli.checkpoint import read_checkpoint_meta
         from cnncli.spec import load_spec
 
+        ins: list[tuple[str | Path | None, str]] = list(inputs)
         if resume is not None:
-            self.spec, self.config, self.ckpt_path, self.ckpt_state = _open_resume(resume, epochs)
-            self.run_dir = self.ckpt_path.parent.parent
+            ckpt = resolve_checkpoint(resume, prefer="last")
+            self.run_dir = run_folder_of(ckpt)
+            meta = read_checkpoint_meta(ckpt)
+            saved = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+            augment = saved.get("augment")
         else:
             is_spec = hasattr(spec_source, "layers")
             self.spec = spec_source if is_spec else load_spec(spec_source)
             self.run_dir = Path(out)
+            if self.spec.file and Path(self.spec.file).exists():
+                ins.append((self.spec.file, "the spec"))
+            meta, augment = {}, self.config.augment
+        if self.data is None:
+            self.data = meta.get("data") if isinstance(meta.get("data"), str) else None
+            if self.data is None:
+                raise CnnError("no data set: give --data (the checkpoint does not say which)")
+        ins += [(self.data, "the data set"),
+                (_pipeline_file(augment if isinstance(augment, str) else None),
+                 "the augmentation pipeline")]
+        guard_outputs([(self.run_dir, "the run folder")], ins)
+        if resume is not None:
+            self._lock()
+            self.spec, self.config, self.ckpt_path, self.ckpt_state = _open_resume(ckpt, epochs)
+            self.good_checkpoint = self.ckpt_path
+        else:
             _check_run_dir(self.run_dir, overwrite)
+
+    def _lock(self) -> None:
+        self.lock = FolderLock(self.run_dir, "run folder").acquire()
+        remove_stale_temps(self.run_dir, legacy_names=_OUTPUTS)
+
+    def close(self) -> None:
+        """Release the run folder; remove the folders this run made if it wrote nothing."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+        if self.created:  # nothing but empty folders is left when no epoch ended
+            remove_empty_folders([*self.created, self.run_dir / "checkpoints"])
 
     def _build_model(self) -> None:
         """The network, which must end in a vector of class scores."""
@@ -308,7 +381,8 @@ class _Trainer:
         from cnncli.data.dataset import Normalizer, load_dataset
 
         state = self.ckpt_state
-        normalizer = Normalizer.from_dict(state[1]["normalizer"]) if state else None
+        normalizer = Normalizer.from_dict(state[1]["normalizer"], str(self.ckpt_path)) \
+            if state else None
         self.splits = load_dataset(self.data, self.spec.input, self.config.val_split,
                                    self.config.seed, normalizer=normalizer,
                                    num_classes=self.n_out)
@@ -316,7 +390,7 @@ class _Trainer:
         self.emit("data", {"fit_rule": splits.fit_rule, "train": len(splits.train),
                            "val": len(splits.val) if splits.val else 0,
                            "test": len(splits.test) if splits.test else 0,
-                           "classes": splits.classes})
+                           "classes": splits.classes, "warnings": splits.warnings})
 
     def _make_optimizer(self) -> None:
         """Optimizer and learning-rate schedule; the optimizer's defaults go into the config
@@ -351,13 +425,25 @@ class _Trainer:
         self.since_best = int(meta.get("since_best", 0))
 
     def _start_run_folder(self, overwrite: bool) -> None:
-        """A fresh run folder holding the settings and spec; a replaced run's files must not
-        mix with this one's."""
+        """Create and lock the run folder, then check again (under the lock) that it holds
+        no run; a replaced run's files are removed so they never mix with this one's. The
+        settings and spec are written with the first checkpoint (:meth:`_save_epoch`)."""
         run_dir = self.run_dir
+        self.created = make_folder(run_dir, "run folder")
+        self._lock()
+        _check_run_dir(run_dir, overwrite)
         if overwrite:
             for name in _OUTPUTS:
-                (run_dir / name).unlink(missing_ok=True)
-        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+                try:
+                    (run_dir / name).unlink(missing_ok=True)
+                except OSError as exc:
+                    raise CnnError(f"{run_dir / name}: cannot remove the old run's file "
+                                   f"({exc.strerror or exc})") from None
+
+    def _write_settings(self) -> None:
+        """config.yaml and spec.yaml: with the first checkpoint, so a folder that has them
+        has a resumable run."""
+        run_dir = self.run_dir
         atomic_write_text(run_dir / "config.yaml", _dump_yaml(
             {"spec": self.spec.file, "data": str(Path(self.data).resolve()),
              "training": self.config.to_dict()}))
@@ -463,10 +549,17 @@ class _Trainer:
         return improved
 
     def _save_epoch(self, epoch: int, improved: bool) -> None:
-        """Checkpoints, metrics files and the learning-curve plot after an epoch."""
+        """Checkpoints, metrics files and the learning-curve plot after an epoch (and, after
+        the first epoch of a new run, its settings and spec)."""
+        first = not self.last_path.exists()
+        if first:
+            make_folder(self.last_path.parent, "checkpoints folder")
         self._save(self.last_path, epoch)
+        self.good_checkpoint = self.last_path
         if improved:
             self._save(self.best_path, epoch)
+        if first and self.ckpt_state is None:
+            self._write_settings()
         _metrics_files(self.run_dir, self.history)
         try:
             from cnncli.train.plot import learning_curves
@@ -496,7 +589,7 @@ class _Trainer:
 
     def _non_finite(self, what: str) -> NonFiniteLoss:
         """The error for a non-finite value, naming the checkpoint that is still good."""
-        kept = self.last_path if self.last_path.exists() else "none (no epoch completed)"
+        kept = self.good_checkpoint or "none (no epoch completed)"
         return NonFiniteLoss(f"{what}: training stopped; the last good checkpoint is {kept} "
                              f"(hint: lower the learning rate, now {self.optimizer.lr:g})")
 
@@ -531,7 +624,7 @@ class _Trainer:
 def train(
     spec_source: Any,
     *,
-    data: str | Path,
+    data: str | Path | None,
     out: str | Path,
     config: TrainConfig,
     resume: str | Path | None = None,
@@ -539,18 +632,25 @@ def train(
     overwrite: bool = False,
     on_event: Event | None = None,
     max_epochs_this_call: int | None = None,
+    inputs: Inputs = (),
 ) -> TrainResult:
     """Train a spec on a dataset, writing a run folder; return the final result.
 
-    With ``resume`` (a run folder or checkpoint) the saved spec, data normalisation and
-    settings are used and ``epochs`` may extend the run.
+    With ``resume`` (a run folder or checkpoint in one) the saved spec, data normalisation
+    and settings are used, ``epochs`` may extend the run and ``data`` may be None (the data
+    the run was trained on).
 
-    ``max_epochs_this_call`` stops after that many epochs (tests use it to simulate an
-    interrupted run that is later resumed).
+    ``inputs``: more files the caller read (``(path, label)``, e.g. a config file), which the
+    run folder must not alias either. ``max_epochs_this_call`` stops after that many epochs
+    (tests use it to simulate an interrupted run that is later resumed).
     """
-    trainer = _Trainer(spec_source, data=data, out=out, config=config, resume=resume,
-                       epochs=epochs, overwrite=overwrite, on_event=on_event)
-    return trainer.run(max_epochs_this_call)
+    trainer = _Trainer(on_event, data, config)
+    try:
+        trainer.setup(spec_source, out=out, resume=resume, epochs=epochs, overwrite=overwrite,
+                      inputs=inputs)
+        return trainer.run(max_epochs_this_call)
+    finally:
+        trainer.close()
 
 
 def resolve_checkpoint(path: str | Path, prefer: str = "best") -> Path:
@@ -561,7 +661,8 @@ def resolve_checkpoint(path: str | Path, prefer: str = "best") -> Path:
             cand = p / "checkpoints" / f"{name}.npz"
             if cand.exists():
                 return cand
-        raise DataError(f"{p}: no checkpoints/{prefer}.npz in this run folder")
+        raise DataError(f"{p}: no checkpoints/{prefer}.npz in this run folder (a run stopped "
+                        "before its first epoch ended leaves nothing to resume; start it again)")
     if not p.exists():
         raise DataError(f"{p}: no such run folder or checkpoint")
     return p

@@ -10,26 +10,16 @@ import numpy as np
 
 from cnncli.errors import DataError
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm",
-                  ".ppm"}
-
 
 def load_trained(checkpoint: str | Path) -> tuple[Any, dict[str, Any], Path]:
     """(model, meta, path) from a run folder (its best checkpoint) or a checkpoint file."""
-    from cnncli.checkpoint import load_checkpoint
     from cnncli.engine.model import build_model
     from cnncli.errors import ShapeMismatchError
-    from cnncli.spec import parse_spec
     from cnncli.train.loop import resolve_checkpoint
+    from cnncli.train.meta import load_training_checkpoint
 
     path = resolve_checkpoint(checkpoint, prefer="best")
-    arrays, meta = load_checkpoint(path)
-    if meta.get("kind") != "cnncli-train" or "spec_text" not in meta:
-        raise DataError(f"{path}: not a cnncli training checkpoint")
-    missing = [k for k in ("input", "classes", "normalizer") if k not in meta]
-    if missing:
-        raise DataError(f"{path}: incomplete training checkpoint (no {', '.join(missing)})")
-    spec = parse_spec(meta["spec_text"], file=meta.get("spec_file") or str(path))
+    arrays, meta, spec = load_training_checkpoint(path, resume=False)
     model = build_model(spec, seed=0)
     weights = {k[6:]: v for k, v in arrays.items() if k.startswith("model/")}
     try:
@@ -49,7 +39,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path | None = None,
     model, meta, path = load_trained(checkpoint)
     data_path = data or _default_data(meta)
     splits = load_dataset(data_path, tuple(meta["input"]), 0.0, 0,
-                          normalizer=Normalizer.from_dict(meta["normalizer"]),
+                          normalizer=Normalizer.from_dict(meta["normalizer"], str(path)),
                           num_classes=len(meta["classes"]))
     ds = splits.test or splits.train
     split = "test" if splits.test is not None else "train"
@@ -63,29 +53,55 @@ def _default_data(meta: dict[str, Any]) -> str:
     return meta.get("data") or "sample_data/mnist"
 
 
+def evaluation_inputs(checkpoint: str | Path,
+                      data: str | Path | None) -> list[tuple[Path | None, str]]:
+    """What ``evaluate_checkpoint`` reads, as ``(path, label)`` for
+    :func:`cnncli.fileio.guard_outputs`: the checkpoint (and its run's checkpoints folder)
+    and the data set."""
+    from cnncli.checkpoint import read_checkpoint_meta
+    from cnncli.train.loop import resolve_checkpoint
+
+    path = resolve_checkpoint(checkpoint, prefer="best")
+    if data is None:
+        data = _default_data(read_checkpoint_meta(path))
+    folder = path.parent if path.parent.name == "checkpoints" else None
+    return [(path, "the checkpoint"), (folder, "the run's checkpoints folder"),
+            (Path(data), "the data set")]
+
+
 def expand_paths(items: Iterable[str]) -> list[Path]:
     """Files as given; folders searched recursively for images (sorted)."""
+    return expand_paths_skipping(items)[0]
+
+
+def expand_paths_skipping(items: Iterable[str]) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """:func:`expand_paths`, and the entries a folder scan skipped (FIFOs, devices named
+    like images) with the reason."""
+    from cnncli.imageio import scan_images
+
     out: list[Path] = []
+    skipped: list[tuple[Path, str]] = []
     for item in items:
         p = Path(item)
         if p.is_dir():
-            out += sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES
-                          and q.is_file())
+            found, others = scan_images(p, recursive=True, skip_hidden=False)
+            out += found
+            skipped += others
         else:
             out.append(p)
-    return out
+    return out, skipped
 
 
 def predict_images(checkpoint: str | Path, paths: list[Path], top_k: int = 3,
                    batch_size: int = 256) -> list[dict[str, Any]]:
     """Top-k labels with probabilities per image; unreadable files get an ``error``."""
     from cnncli.data.dataset import Normalizer
-    from cnncli.data.folders import load_image
+    from cnncli.imageio import load_image
     from cnncli.ops.activations import forward as act_forward
 
-    model, meta, _ = load_trained(checkpoint)
+    model, meta, path = load_trained(checkpoint)
     classes = list(meta["classes"])
-    norm = Normalizer.from_dict(meta["normalizer"])
+    norm = Normalizer.from_dict(meta["normalizer"], str(path))
     h, w, c = meta["input"]
     k = min(top_k, len(classes))
     results: list[dict[str, Any]] = []

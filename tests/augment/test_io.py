@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cnncli.augment.io import ImageReadError, encode_image, read_image, write_atomic
+from cnncli.augment.io import ImageReadError, encode_image, read_image
+from cnncli.fileio import atomic_write_bytes as write_atomic
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "images"
 EDGE, PHOTOS = DATA / "edge", DATA / "photos"
@@ -81,7 +82,7 @@ def test_read_arrays_are_writable():
 
 @pytest.mark.parametrize(
     ("name", "reason"),
-    [("truncated_china.jpg", "truncated"), ("not_an_image.jpg", "not an image")],
+    [("truncated_china.jpg", "truncated"), ("not_an_image.jpg", "not a readable image")],
 )
 def test_broken_files_raise_one_line_reasons(name, reason):
     with pytest.raises(ImageReadError) as err:
