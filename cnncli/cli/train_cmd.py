@@ -40,6 +40,13 @@ class _Progress:
             return
         getattr(self, f"on_{kind}", lambda d: None)(data)
 
+    def on_note(self, d: dict[str, Any]) -> None:
+        info(d["text"])
+
+    def on_autotune(self, d: dict[str, Any]) -> None:
+        info(f"autotune: {d['convs']} convolutions planned from timings "
+             f"({d['timed']} timed now, {d['convs'] - d['timed']} from the cache)")
+
     def on_data(self, d: dict[str, Any]) -> None:
         for w in d.get("warnings", ()):
             warn(w)
@@ -120,6 +127,7 @@ def train(
     overwrite: Annotated[bool, typer.Option(help="Replace a run already in --out.")] = False,
     format: Annotated[TableOrJson, typer.Option("--format", "-f", help="table or json (one object on stdout).")] = TableOrJson.table,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+    autotune: Annotated[bool | None, typer.Option("--autotune", help="Time each conv's candidate kernel paths once and train with the fastest (cached on disk).")] = None,
 ) -> None:
     """Train a spec on a dataset and write a run folder (checkpoints, metrics, curves)."""
     import json
@@ -131,7 +139,7 @@ def train(
     flags = {"epochs": epochs, "batch_size": batch_size, "optimizer": optimizer, "lr": lr,
              "momentum": momentum, "nesterov": nesterov, "weight_decay": weight_decay,
              "schedule": schedule, "warmup": warmup, "seed": seed, "val_split": val_split,
-             "patience": patience, "augment": augment}
+             "patience": patience, "augment": augment, "autotune": autotune}
     if resume is None:
         if arch is None:
             raise CnnError("give --arch SPEC.yaml (or --resume RUN)")

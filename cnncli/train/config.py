@@ -36,6 +36,7 @@ class TrainConfig:
     loss: str = "cross_entropy"  # cross_entropy | mse
     augment: str | None = None  # a pipeline file, preset name or ops string
     eval_batch_size: int = 1000
+    autotune: bool = False  # time each conv's kernel paths first (cached on disk)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

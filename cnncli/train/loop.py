@@ -375,6 +375,12 @@ class _Trainer:
                            "vector (end with flatten/global_pool and dense)")
         self.n_out = network.output[0]
         self.model = build_model(network, seed=self.config.seed)
+        if self.config.autotune:
+            report = self.model.tune(self.config.batch_size,
+                                     log=lambda text: self.emit("note", {"text": text}))
+            self.emit("autotune", {"convs": len(report),
+                                   "timed": sum(not r["cached"] for r in report),
+                                   "paths": {r["name"]: r["path"] for r in report}})
 
     def _load_data(self) -> None:
         """The splits; a resumed run keeps the normalisation it was trained with."""

@@ -237,3 +237,18 @@ def test_taps_keep_the_outputs_and_gradients_of_fused_nodes():
     assert (model.tapped["w"] >= 0).all()  # the conv's ReLU output, before the pool
     model.taps = frozenset()
     assert model.plan.fusions() == build_model(SPEC, dtype=np.float64).plan.fusions()
+
+
+def test_cnn_train_autotune(tmp_path, monkeypatch):
+    from cnncli.engine.autotune import default_cache_file
+
+    monkeypatch.setenv("CNNCLI_CACHE_DIR", str(tmp_path / "cache"))
+    assert default_cache_file() == tmp_path / "cache" / "autotune.json"
+    args = ["train", "--arch", "architectures/lenet5.yaml", "--data", "sample_data/mnist",
+            "--epochs", "1", "--autotune"]
+    result = CliRunner().invoke(app, args + ["--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    assert "autotune: 3 convolutions planned from timings (3 timed now" in result.stderr
+    assert len(json.loads(default_cache_file().read_text())["entries"]) == 3
+    again = CliRunner().invoke(app, args + ["--out", str(tmp_path / "run2")])
+    assert "(0 timed now, 3 from the cache)" in again.stderr
