@@ -40,6 +40,7 @@ class _Run:
     def run(self, nodes: list[Node], x: np.ndarray) -> tuple[np.ndarray, list]:
         caches = []
         trace, timer = self.model.trace, self.model.timer
+        taps, tapped = self.model.taps, self.model.tapped
         pairs = self.model.fused_pools()
         inside = None  # the pool node that the previous conv ran in its own pass
         for node in nodes:
@@ -47,9 +48,12 @@ class _Run:
                 caches.append(_FUSED)
                 if trace is not None:
                     trace[node.path] = tuple(x.shape)
+                if node.path in taps:
+                    tapped[node.path] = x.copy()
                 continue
             t0 = perf_counter() if timer is not None else 0.0
-            inside = pairs.get(node.path)
+            # a tapped conv runs on its own so that its output exists
+            inside = pairs.get(node.path) if node.path not in taps else None
             state = self.model.state[node.path]
             if inside is None:
                 x, cache = node.layer.forward(node, x, state, self)
@@ -63,12 +67,17 @@ class _Run:
             elif trace is not None:  # x is the pool's output; the conv's is the report's
                 h, w, c = node.out_shape
                 trace[node.path] = (x.shape[0], c, h, w)
+            if node.path in taps:
+                tapped[node.path] = x.copy()
         return x, caches
 
     def unrun(self, nodes: list[Node], dy: np.ndarray, caches: list) -> np.ndarray:
         grads, timer = self.grads if self.grads is not None else self.model.grads, \
             self.model.timer
+        taps = self.model.taps
         for node, cache in zip(reversed(nodes), reversed(caches)):
+            if node.path in taps:  # the gradient arriving at the node's output
+                self.model.tapped_grads[node.path] = dy.copy()
             if cache is _FUSED:  # the conv before it takes the pooled gradient
                 continue
             state = self.model.state[node.path]
@@ -109,6 +118,12 @@ class Model:
         self.trace: dict[str, tuple[int, ...]] | None = None
         #: Set to a dict to accumulate [forward, backward] seconds per node (``cnn time``).
         self.timer: dict[str, list[float]] | None = None
+        #: Node paths to tap (``cnn viz``): the next forward keeps their outputs in
+        #: ``tapped`` and the next backward the gradients arriving there in ``tapped_grads``
+        #: (copies, NCHW). Tapped convs run unfused and the batch unsplit.
+        self.taps: frozenset[str] = frozenset()
+        self.tapped: dict[str, np.ndarray] = {}
+        self.tapped_grads: dict[str, np.ndarray] = {}
         self._run: _Run | None = None
         self._splittable_train: bool | None = None
         self._fusion: tuple[tuple, dict[str, Node]] | None = None
@@ -173,6 +188,7 @@ class Model:
         rng = rng if rng is not None else self.training_rng
         head = self.softmax_head if logits else None
         nodes = self.network.nodes
+        self.tapped = {}
         parts = self._parts(x.shape[0], training)
         with _threads.engine_region():
             if parts is None:
@@ -214,7 +230,8 @@ class Model:
         """How many parts to split a batch of ``n`` into at the model level (None: run the
         network in one piece)."""
         w = _threads.workers()
-        if w < 2 or self.timer is not None or self.trace is not None or n < 2 * _PART_MIN:
+        if (w < 2 or self.timer is not None or self.trace is not None or self.taps
+                or n < 2 * _PART_MIN):
             return None
         ok = self._splittable_train if training else self._splittable_eval
         if ok is None:
@@ -236,6 +253,7 @@ class Model:
         if self._cache is None or self._run is None:
             raise RuntimeError("backward() needs a forward() first")
         self.grads.clear()
+        self.tapped_grads = {}
         skip = None if input_grad else _first_leaf(self.network.nodes)
         nodes = self.network.nodes
         if self._run is not _SPLIT:
