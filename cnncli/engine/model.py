@@ -41,19 +41,18 @@ class _Run:
         caches = []
         trace, timer = self.model.trace, self.model.timer
         taps, tapped = self.model.taps, self.model.tapped
-        pairs = self.model.fused_pools()
+        # a tapped pass runs unfused: every conv output exists, and a fused conv+pool pass
+        # in evaluation mode keeps no argmax for a backward
+        pairs = self.model.fused_pools() if not taps else {}
         inside = None  # the pool node that the previous conv ran in its own pass
         for node in nodes:
             if node is inside:
                 caches.append(_FUSED)
                 if trace is not None:
                     trace[node.path] = tuple(x.shape)
-                if node.path in taps:
-                    tapped[node.path] = x.copy()
                 continue
             t0 = perf_counter() if timer is not None else 0.0
-            # a tapped conv runs on its own so that its output exists
-            inside = pairs.get(node.path) if node.path not in taps else None
+            inside = pairs.get(node.path)
             state = self.model.state[node.path]
             if inside is None:
                 x, cache = node.layer.forward(node, x, state, self)
@@ -120,7 +119,7 @@ class Model:
         self.timer: dict[str, list[float]] | None = None
         #: Node paths to tap (``cnn viz``): the next forward keeps their outputs in
         #: ``tapped`` and the next backward the gradients arriving there in ``tapped_grads``
-        #: (copies, NCHW). Tapped convs run unfused and the batch unsplit.
+        #: (copies, NCHW). A tapped pass runs unfused and unsplit.
         self.taps: frozenset[str] = frozenset()
         self.tapped: dict[str, np.ndarray] = {}
         self.tapped_grads: dict[str, np.ndarray] = {}

@@ -39,8 +39,9 @@ def is_spatial(node: Node) -> bool:
 
 
 def spatial_node(network: Any, name: str | None) -> Node:
-    """The named node, which must output feature maps; default: the last that does
-    (where Grad-CAM is usually taken: the most abstract features that still have a place)."""
+    """The named node, which must output feature maps; default: the last report row that
+    does (where Grad-CAM is usually taken: the most abstract features that still have a
+    place)."""
     if name is not None:
         node = find_node(network, name)
         if not is_spatial(node):
@@ -48,7 +49,7 @@ def spatial_node(network: Any, name: str | None) -> Node:
             raise CnnError(f"layer '{name}' outputs {shape}, not feature maps (H x W x C with "
                            f"H x W > 1); pick one of: {_names(network, is_spatial)}")
         return node
-    spatial = [n for n in all_nodes(network.nodes) if is_spatial(n)]
+    spatial = [n for n in network.rows() if is_spatial(n)]  # rows of cnn shapes
     if not spatial:
         raise CnnError(f"{network.spec.name} has no layer with feature maps larger than 1 x 1")
     return spatial[-1]
@@ -89,8 +90,10 @@ def class_gradients(model: Any, x: np.ndarray, path: str | None, cls: int
     """Gradients of one image's class score (the logit, before any softmax).
 
     Returns (the node's output, the score's gradient there, the gradient at the input,
-    the logits); the first two are None when ``path`` is None."""
-    model.taps = frozenset({path}) if path else frozenset()
+    the logits); the first two are None when ``path`` is None. The last node is always
+    tapped too: a tapped pass runs unfused, which is what a backward after an
+    evaluation-mode forward needs (a fused conv+pool pass keeps no argmax then)."""
+    model.taps = frozenset({model.network.nodes[-1].path} | ({path} if path else set()))
     try:
         logits = model.forward(x, training=False, logits=True)
         dy = np.zeros_like(logits)
