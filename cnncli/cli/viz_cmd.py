@@ -55,14 +55,10 @@ def _checkpoint(run: Path) -> Path:
     return resolve_checkpoint(run, prefer="best")
 
 
-def _png(out: Path | None, inputs: list[Path], needed: bool = True) -> Path | None:
+def _png(out: Path | None, inputs: list[Path]) -> Path | None:
     from cnncli.viz.paths import check_output
 
-    if out is None:
-        if needed:
-            raise CnnError("give --out FILE.png (or --format json for the numbers alone)")
-        return None
-    return check_output(out, (".png",), inputs)
+    return None if out is None else check_output(out, (".png",), inputs)
 
 
 def _one_image(meta: dict[str, Any], image: Path) -> tuple[Any, Any]:
@@ -128,7 +124,7 @@ def maps(
     run: RunArg,
     image: ImageArg,
     layer: Annotated[str, typer.Option("--layer", "-l", help="Layer whose output to show (a name from cnn shapes).")],
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="PNG file to write.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="PNG file to write (none: the numbers alone).")] = None,
     scale: Annotated[MapScale, typer.Option(help="One colour scale for the layer, or each channel stretched to its own range.")] = MapScale.layer,
     max_tiles: Annotated[int, typer.Option("--max-tiles", min=1, help="Show at most this many channels (the first).")] = 64,
     format: Annotated[TableOrJson, typer.Option("--format", "-f", help="table, or json: the numbers behind the picture.")] = TableOrJson.table,
@@ -143,7 +139,7 @@ def maps(
     from cnncli.viz.probe import find_node
 
     ckpt = _checkpoint(run)
-    _png(out, [ckpt, image], needed=format is TableOrJson.table)
+    _png(out, [ckpt, image])
     model, meta, _ = _trained(ckpt)
     node = find_node(model.network, layer)
     _, x = _one_image(meta, image)
@@ -192,7 +188,7 @@ def cam(
     layer: Annotated[str | None, typer.Option("--layer", "-l", help="Layer for gradcam/hirescam (default: the last with feature maps).")] = None,
     method: Annotated[CamMethod, typer.Option("--method", "-m", help="gradcam, hirescam (for heads that flatten, e.g. LeNet, VGG) or saliency.")] = CamMethod.gradcam,
     box: Annotated[str | None, typer.Option(help="X0,Y0,X1,Y1 in network-input pixels: report (and draw) the map's share inside.")] = None,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="PNG file to write.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="PNG file to write (none: the numbers alone).")] = None,
     format: Annotated[TableOrJson, typer.Option("--format", "-f", help="table, or json: the numbers behind the picture.")] = TableOrJson.table,
 ) -> None:
     """Where in an image the evidence for a class lies (Grad-CAM, HiResCAM, saliency).
@@ -206,7 +202,7 @@ def cam(
     from cnncli.viz.probe import spatial_node
 
     ckpt = _checkpoint(run)
-    _png(out, [ckpt, image], needed=format is TableOrJson.table)
+    _png(out, [ckpt, image])
     model, meta, _ = _trained(ckpt)
     node = None
     if method is not CamMethod.saliency:

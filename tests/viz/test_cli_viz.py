@@ -62,6 +62,9 @@ def test_maps_png_and_json(lenet_run, digits, tmp_path):
     assert "C3 (conv)" in table and "10 x 10 x 16" in table and "channel" in table
     assert len(json.loads(ok("viz", "maps", lenet_run, digits[7].path, "-l", "C3",
                              "-f", "json").stdout)["channels"]) == 16  # numbers alone
+    before = sorted(tmp_path.iterdir())
+    assert "10 x 10 x 16" in ok("viz", "maps", lenet_run, digits[7].path, "-l", "C3").stdout
+    assert sorted(tmp_path.iterdir()) == before  # no --out: no picture
 
 
 def test_cam_png_and_json(lenet_run, digits, tmp_path):
@@ -189,7 +192,6 @@ def test_outputs_never_overwrite_inputs(lenet_run, digits, tmp_path):
     (["filters", "{run}", "--layer", "S2", "--out", "{tmp}/f.png"], "not a conv layer"),
     (["filters", "{run}", "--layer", "C33", "--out", "{tmp}/f.png"], "did you mean 'C3'"),
     (["filters", "{tmp}", "--out", "{tmp}/f.png"], "no checkpoints/best.npz"),
-    (["maps", "{run}", "{img}", "--layer", "C1"], "give --out FILE.png"),
     (["maps", "{run}", "{img}", "--layer", "F6", "-f", "json"], "not feature maps"),
     (["maps", "{run}", "{tmp}/missing.png", "--layer", "C1", "-f", "json"], "no such image"),
     (["maps", "{run}", "{bad}", "--layer", "C1", "-f", "json"], "not a readable image"),
