@@ -10,6 +10,7 @@ from cnncli.cli import engine_cmd  # noqa: E402,F401  isort: skip
 from cnncli.cli import train_cmd  # noqa: E402,F401  isort: skip
 from cnncli.cli import augment_cmd  # noqa: E402,F401  isort: skip
 from cnncli.cli import onnx_cmd  # noqa: E402,F401  isort: skip
+from cnncli.cli import viz_cmd  # noqa: E402,F401  isort: skip
 
 
 def main() -> None:

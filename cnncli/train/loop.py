@@ -312,6 +312,7 @@ class _Trainer:
         self.monitor = "val_accuracy" if self.splits.val is not None else "train_loss"
         self.stopped_early = False
         self.first_batch_time: float | None = None  # wall clock, for start-up benchmarks
+        self._plot_at, self._plot_cost, self._plotted = time.perf_counter(), 0.0, 0  # curves
 
     # -- setup ----------------------------------------------------------------------------
 
@@ -567,12 +568,28 @@ class _Trainer:
         if first and self.ckpt_state is None:
             self._write_settings()
         _metrics_files(self.run_dir, self.history)
+        self._plot_curves(final=False)
+
+    def _plot_curves(self, final: bool) -> None:
+        """curves.png from the history. A drawing takes 0.1-0.2 s (matplotlib), so during
+        a run it is redrawn after an epoch only when 10 s, and 20 times the last drawing's
+        time, have passed since the run started or was last drawn (at most about 5% of the
+        run), and always at the end; ``cnn viz curves`` draws a run at any moment from its
+        metrics.jsonl."""
+        start = time.perf_counter()
+        if self._plotted == len(self.history) or (
+                not final and start - self._plot_at < max(10.0, 20 * self._plot_cost)):
+            return
         try:
             from cnncli.train.plot import learning_curves
 
-            learning_curves(self.history, self.run_dir / "curves.png")
+            learning_curves(self.history, self.run_dir / "curves.png",
+                            run_name=self.run_dir.resolve().name)
         except Exception:  # a plot must never cost a run  # noqa: BLE001
             pass
+        self._plot_at = time.perf_counter()
+        self._plot_cost = self._plot_at - start
+        self._plotted = len(self.history)
 
     def _save(self, path: Path, epoch: int) -> None:
         """A checkpoint that holds everything a resume needs to continue bit for bit."""
@@ -615,6 +632,7 @@ class _Trainer:
     def _finish(self) -> TrainResult:
         """The result, also written to summary.json and sent as the "end" event."""
         test = self._final_test()
+        self._plot_curves(final=True)
         ips = self.train_images / self.train_time if self.train_time > 0 else 0.0
         best = self.best_path if self.best_path.exists() else None
         result = TrainResult(self.run_dir, self.last_path, best, self.history, test,

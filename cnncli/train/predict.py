@@ -92,32 +92,49 @@ def expand_paths_skipping(items: Iterable[str]) -> tuple[list[Path], list[tuple[
     return out, skipped
 
 
+def read_images(meta: dict[str, Any], paths: list[Path]
+                ) -> tuple[np.ndarray | None, list[Path], list[dict[str, Any]]]:
+    """The readable images fitted to a trained model's input, as float32 ``[N, C, H, W]``
+    in [0, 1] before normalisation (None if none was readable), their paths, and an
+    ``{"path", "error"}`` entry per unreadable file. ``cnn predict`` and ``cnn viz`` both
+    read images this way, so a picture shows what the model was fed."""
+    from cnncli.imageio import load_image
+
+    h, w, c = meta["input"]
+    arrays, ok, errors = [], [], []
+    for p in paths:
+        try:
+            x, _, _ = load_image(p, h, w, c)
+            arrays.append(x)
+            ok.append(p)
+        except DataError as exc:
+            errors.append({"path": str(p), "error": str(exc)})
+    return (np.stack(arrays).astype(np.float32) if arrays else None), ok, errors
+
+
+def normalise(meta: dict[str, Any], x: np.ndarray, where: str = "normalisation") -> np.ndarray:
+    """Images from :func:`read_images` normalised with the training statistics (a copy);
+    ``where`` (the checkpoint) starts an error about a bad normalisation record."""
+    from cnncli.data.dataset import Normalizer
+
+    return Normalizer.from_dict(meta["normalizer"], where).apply(np.array(x, dtype=np.float32))
+
+
 def predict_images(checkpoint: str | Path, paths: list[Path], top_k: int = 3,
                    batch_size: int = 256) -> list[dict[str, Any]]:
     """Top-k labels with probabilities per image; unreadable files get an ``error``."""
-    from cnncli.data.dataset import Normalizer
-    from cnncli.imageio import load_image
     from cnncli.ops.activations import forward as act_forward
 
     model, meta, path = load_trained(checkpoint)
     classes = list(meta["classes"])
-    norm = Normalizer.from_dict(meta["normalizer"], str(path))
-    h, w, c = meta["input"]
     k = min(top_k, len(classes))
     results: list[dict[str, Any]] = []
     for lo in range(0, len(paths), batch_size):
-        chunk = paths[lo:lo + batch_size]
-        arrays, ok = [], []
-        for p in chunk:
-            try:
-                x, _, _ = load_image(p, h, w, c)
-                arrays.append(x)
-                ok.append(p)
-            except DataError as exc:
-                results.append({"path": str(p), "error": str(exc)})
-        if not arrays:
+        raw, ok, errors = read_images(meta, paths[lo:lo + batch_size])
+        results += errors
+        if raw is None:
             continue
-        xb = norm.apply(np.stack(arrays).astype(np.float32))
+        xb = normalise(meta, raw, str(path))
         logits = model.forward(xb, training=False, logits=True)
         probs, _ = act_forward("softmax", logits.astype(np.float64))
         for p, row in zip(ok, probs):
