@@ -588,6 +588,7 @@ def _run_locked(summary: Summary, sources: list[Source], out_path: Path, pipelin
     except KeyboardInterrupt:  # Ctrl-C, and SIGTERM in the CLI (errors.Terminated)
         # Workers are gone (the pool terminates them); keep what finished, drop half-writes.
         _remove_temp_files(out_path)
+        _remove_unlisted_outputs(out_path, sources, results)
         _finish(summary, results, out_path, pipeline)
         raise
     _finish(summary, results, out_path, pipeline)
@@ -635,6 +636,19 @@ def write_manifests(out: Path, records: list[OutputRecord]) -> None:
     atomic_write_bytes(
         out / MANIFEST_JSONL, ("\n".join(lines) + ("\n" if lines else "")).encode("utf-8"),
         "manifest")
+
+
+def _remove_unlisted_outputs(out: Path, sources: list[Source],
+                             results: list[SourceResult]) -> None:
+    """After an interrupt, remove the outputs that no manifest row will list: those of a
+    source cut off half-way, and those a worker finished whose result never reached us. What
+    is left on disk is then exactly what the manifests list."""
+    listed = {r.output for res in results for r in res.records}
+    for s in sources:
+        for rel in s.outputs:
+            if rel not in listed:
+                with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+                    os.unlink(out / rel)
 
 
 def _remove_temp_files(out: Path) -> None:
