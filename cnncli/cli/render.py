@@ -82,9 +82,11 @@ def shapes_csv(report: dict[str, Any]) -> str:
 def totals_lines(report: dict[str, Any]) -> list[str]:
     t = report["totals"]
     b = t["batch"]
+    frozen = t.get("frozen_params", 0)
     return [
         f"Total params: {t['params']:,} (trainable {t['trainable_params']:,}, "
-        f"non-trainable {t['non_trainable_params']:,})",
+        f"non-trainable {t['non_trainable_params']:,}"
+        + (f", of which frozen {frozen:,}" if frozen else "") + ")",
         f"Multiply-adds: {t['macs']:,} ({human_count(t['macs'])}); "
         f"FLOPs: {t['flops']:,} ({human_count(t['flops'])}) [{t['convention']}]",
         f"Parameter memory: {human_bytes(t['param_bytes'])}; activations: "
@@ -125,17 +127,23 @@ def shapes_table(report: dict[str, Any], explain: bool = False):
     table.add_column("Type")
     table.add_column("Output", justify="right", no_wrap=True)
     table.add_column("Params", justify="right")
+    any_frozen = any(r.get("frozen") for r in report["layers"])
+    if any_frozen:  # trainable vs frozen, per row
+        table.add_column("Trainable", justify="right")
+        table.add_column("Frozen", justify="right")
     table.add_column("MACs", justify="right")
     table.add_column("RF", justify="right")
     table.add_column("Jump", justify="right")
     for r in report["layers"]:
         typ = r["type"] + (f" ({r['detail']})" if r["detail"] else "")
         name = Text("  " * r["depth"] + r["name"])
+        counts = [f"{r['trainable_params']:,}", f"{r['frozen_params']:,}"] if any_frozen else []
         table.add_row(
             name,
             typ,
             shape_str(r["output"]),
             f"{r['params']:,}",
+            *counts,
             f"{r['macs']:,}",
             rf_str(r["receptive_field"]),
             rf_str(r["jump"]),

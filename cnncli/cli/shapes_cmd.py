@@ -42,6 +42,10 @@ def shapes(
             "--explain", "-e", help="Show each layer's formulas with the numbers filled in."
         ),
     ] = False,
+    freeze: Annotated[
+        str | None, typer.Option("--freeze", help="Count these layers (comma-separated dotted "
+                                 "paths or prefixes) as frozen, as cnn train --freeze does.")
+    ] = None,
 ) -> None:
     """Every layer's output size, parameters, multiply-adds and receptive field."""
     from cnncli.cli import render
@@ -58,7 +62,9 @@ def shapes(
         source = load_onnx_spec(spec, input_shape=input_shape)
     else:
         source = load_spec(Path(spec), input_shape=input_shape)
-    report = compute(source, input_shape=input_shape, batch=batch)
+    from cnncli.freeze import parse_freeze
+
+    report = compute(source, input_shape=input_shape, batch=batch, freeze=parse_freeze(freeze))
     if getattr(source, "onnx_dense_inputs", None):
         from cnncli.onnxio.importer import weight_warnings
 

@@ -47,6 +47,20 @@ class _Progress:
         info(f"autotune: {d['convs']} convolutions planned from timings "
              f"({d['timed']} timed now, {d['convs'] - d['timed']} from the cache)")
 
+    def on_init_from(self, d: dict[str, Any]) -> None:
+        from rich.table import Table
+
+        t = Table(title=f"--init-from {d['source']}: {d['copied']} arrays copied, "
+                        f"{d['fresh']} left fresh, {d['skipped']} skipped (shape differs)"
+                        + (f", {d['unused']} of the checkpoint unused" if d["unused"] else ""),
+                  title_justify="left")
+        for col in ("layer", "status", "detail"):
+            t.add_column(col)
+        for layer, status, detail in d["rows"]:
+            t.add_row(layer, status, detail)
+        stderr.print(t)
+        info(f"normalisation: {d['normalizer']}")
+
     def on_data(self, d: dict[str, Any]) -> None:
         for w in d.get("warnings", ()):
             warn(w)
@@ -128,6 +142,8 @@ def train(
     format: Annotated[TableOrJson, typer.Option("--format", "-f", help="table or json (one object on stdout).")] = TableOrJson.table,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
     autotune: Annotated[bool | None, typer.Option("--autotune", help="Time each conv's candidate kernel paths once and train with the fastest (cached on disk).")] = None,
+    init_from: Annotated[Path | None, typer.Option("--init-from", help="Start from the weights of this run (folder: its best checkpoint) or checkpoint whose names and shapes match; optimizer, epochs and random streams start fresh.")] = None,
+    freeze: Annotated[str | None, typer.Option("--freeze", help="Keep these layers fixed: comma-separated dotted paths or prefixes, e.g. layer1,layer2.")] = None,
 ) -> None:
     """Train a spec on a dataset and write a run folder (checkpoints, metrics, curves)."""
     import json
@@ -139,7 +155,8 @@ def train(
     flags = {"epochs": epochs, "batch_size": batch_size, "optimizer": optimizer, "lr": lr,
              "momentum": momentum, "nesterov": nesterov, "weight_decay": weight_decay,
              "schedule": schedule, "warmup": warmup, "seed": seed, "val_split": val_split,
-             "patience": patience, "augment": augment, "autotune": autotune}
+             "patience": patience, "augment": augment, "autotune": autotune,
+             "init_from": None if init_from is None else str(init_from), "freeze": freeze}
     if resume is None:
         if arch is None:
             raise CnnError("give --arch SPEC.yaml (or --resume RUN)")

@@ -127,12 +127,18 @@ class Layer:
     has_row: ClassVar[bool] = True
     #: Whether it is a container of other layers (residual, parallel, repeat, sequential).
     is_block: ClassVar[bool] = False
+    #: Whether ``backward`` takes the keywords ``param_grads`` (False: a frozen layer, skip
+    #: the weight-gradient work and return no parameter gradients) and ``need_dx`` (False:
+    #: nobody reads the input gradient; None may be returned). Layers with parameters do.
+    grad_options: ClassVar[bool] = False
 
     def __init__(self, name: str, cfg: dict[str, Any], *, line: int | None, path: str) -> None:
         self.name = name
         self.path = path
         self.line = line
         self.cfg = cfg
+        #: ``trainable: false`` in the spec (on this layer or a block around it): frozen.
+        self.trainable = True
         for p in self.params_spec:
             # ``type`` names the layer type itself; a ``type`` parameter (pooling) is ``mode``.
             setattr(self, "mode" if p.name == "type" else p.name, cfg[p.name])
@@ -336,7 +342,12 @@ def choice(*options: str):
     return check
 
 
-def suggest(word: str, options) -> str:
-    """' (did you mean X?)' for the closest option, or ''."""
-    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""
+def suggest(word: str, options, n: int = 1, cutoff: float = 0.6) -> str:
+    """' (did you mean X?)' for the closest option (up to ``n`` of them), or ''."""
+    close = difflib.get_close_matches(word, list(options), n=n, cutoff=cutoff)
+    if not close:
+        return ""
+    if len(close) == 1:
+        return f" (did you mean '{close[0]}'?)"
+    quoted = [f"'{c}'" for c in close]
+    return f" (did you mean {', '.join(quoted[:-1])} or {quoted[-1]}?)"

@@ -46,6 +46,7 @@ def spatial_input(layer: Layer, in_shape: Shape) -> tuple[int, int, int]:
 
 
 class _ConvBase(Layer):
+    grad_options = True
     def check_groups(self, channels: int) -> None:
         g, k = self.groups, self.filters
         if channels % g or k % g:
@@ -310,31 +311,39 @@ class Conv(_ConvBase):
             options=getattr(ctx, "options", None), shared=getattr(ctx, "shared", None))
         return y, _PooledCache(cache, ctx)
 
-    def backward(self, node: Node, dy: Any, cache: Any, state: dict, grads: dict) -> Any:
+    def backward(self, node: Node, dy: Any, cache: Any, state: dict, grads: dict, *,
+                 param_grads: bool = True, need_dx: bool = True) -> Any:
+        """``param_grads=False`` (frozen): only dx, the dW/db paths never run."""
         from cnncli.ops import conv
 
         if isinstance(cache, _PooledCache):  # dy is the pooled gradient (forward_pooled)
-            need_dx = getattr(cache.ctx, "skip_input_grad", None) != node.path
+            need_dx = need_dx and getattr(cache.ctx, "skip_input_grad", None) != node.path
             dx, dw, db = conv.conv2d_relu_maxpool2_backward(
-                dy, cache.op, need_dx=need_dx, shared=getattr(cache.ctx, "shared", None))
-            grads["weight"] = dw
-            if db is not None:
-                grads["bias"] = db
+                dy, cache.op, need_dx=need_dx, shared=getattr(cache.ctx, "shared", None),
+                need_dw=param_grads)
+            _store(grads, dw, db)
             return dx
         conv_cache, act_cache, ctx, y = cache
-        need_dx = getattr(ctx, "skip_input_grad", None) != node.path
+        need_dx = need_dx and getattr(ctx, "skip_input_grad", None) != node.path
         shared = getattr(ctx, "shared", None)
         if act_cache[0] == "fused":
             dx, dw, db = conv.conv2d_backward(
-                dy, conv_cache, need_dx=need_dx, act=(act_cache[1], y), shared=shared
-            )
+                dy, conv_cache, need_dx=need_dx, act=(act_cache[1], y), shared=shared,
+                need_dw=param_grads)
         else:
             dz = self.backward_pre(dy, act_cache)
-            dx, dw, db = conv.conv2d_backward(dz, conv_cache, need_dx=need_dx, shared=shared)
-        grads["weight"] = dw
-        if db is not None:
-            grads["bias"] = db
+            dx, dw, db = conv.conv2d_backward(dz, conv_cache, need_dx=need_dx, shared=shared,
+                                              need_dw=param_grads)
+        _store(grads, dw, db)
         return dx
+
+
+def _store(grads: dict, dw: Any, db: Any) -> None:
+    """A conv's weight and bias gradients into ``grads`` (none when it is frozen)."""
+    if dw is not None:
+        grads["weight"] = dw
+    if db is not None:
+        grads["bias"] = db
 
 
 @register
@@ -430,13 +439,13 @@ class Deconv(_ConvBase):
         y, act_cache = self.forward_post(node, z, ctx)
         return y, (cache, act_cache)
 
-    def backward(self, node: Node, dy: Any, cache: Any, state: dict, grads: dict) -> Any:
+    def backward(self, node: Node, dy: Any, cache: Any, state: dict, grads: dict, *,
+                 param_grads: bool = True, need_dx: bool = True) -> Any:
         from cnncli.ops import conv
 
         conv_cache, act_cache = cache
         dz = self.backward_pre(dy, act_cache)
-        dx, dw, db = conv.conv_transpose2d_backward(dz, conv_cache)
-        grads["weight"] = dw
-        if db is not None:
-            grads["bias"] = db
+        dx, dw, db = conv.conv_transpose2d_backward(dz, conv_cache, need_dx=need_dx,
+                                                    need_dw=param_grads)
+        _store(grads, dw, db)
         return dx

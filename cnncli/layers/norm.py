@@ -27,6 +27,7 @@ class BatchNorm(Layer):
         "and by running estimates at evaluation, then scale and shift."
     )
     type = "batchnorm"
+    grad_options = True
     params_spec = (
         Param("momentum", fraction, 0.1, "weight of the new batch in the running estimates"),
         Param("eps", pos_number, 1e-5, "added to the variance before the square root"),
@@ -64,31 +65,35 @@ class BatchNorm(Layer):
         batch's (``ctx.gather``) and the first part updates the running estimates."""
         from cnncli.ops import norm
 
+        # frozen (trainable: false, --freeze): the running statistics, also in training
+        training = ctx.training and node.path not in getattr(ctx, "frozen", ())
         y, cache, rm, rv = norm.batchnorm_forward(
             x,
             state["weight"],
             state["bias"],
             state["running_mean"],
             state["running_var"],
-            ctx.training,
+            training,
             self.momentum,
             self.eps,
             act=act,
             gather=_gather(ctx, node, "fwd"),
         )
-        if ctx.training and getattr(ctx, "part", 0) == 0:
+        if training and getattr(ctx, "part", 0) == 0:
             state["running_mean"][...] = rm
             state["running_var"][...] = rv
         return y, (cache, ctx)
 
-    def backward(self, node: Node, dy: Any, cache: Any, state: dict, grads: dict) -> Any:
+    def backward(self, node: Node, dy: Any, cache: Any, state: dict, grads: dict, *,
+                 param_grads: bool = True, need_dx: bool = True) -> Any:
         from cnncli.ops import norm
 
         op_cache, ctx = cache
-        dx, dgamma, dbeta = norm.batchnorm_backward(dy, op_cache,
+        dx, dgamma, dbeta = norm.batchnorm_backward(dy, op_cache, need_grads=param_grads,
                                                     gather=_gather(ctx, node, "bwd"))
-        grads["weight"] = dgamma
-        grads["bias"] = dbeta
+        if param_grads:
+            grads["weight"] = dgamma
+            grads["bias"] = dbeta
         return dx
 
 

@@ -110,7 +110,7 @@ def train_step(model: Any, optimizer: Any, xb: np.ndarray, yb: np.ndarray,
     if not np.isfinite(loss):
         return loss, scores
     model.backward(dout, input_grad=False)
-    optimizer.step(model.params, model.grads)
+    optimizer.step(model.trainable_params, model.grads)
     return loss, scores
 
 
@@ -337,6 +337,12 @@ class _Trainer:
             if self.spec.file and Path(self.spec.file).exists():
                 ins.append((self.spec.file, "the spec"))
             meta, augment = {}, self.config.augment
+            if self.config.init_from:  # read only: neither it nor its run may be written
+                init = Path(self.config.init_from)
+                ins.append((resolve_checkpoint(init, prefer="best"),
+                            "the --init-from checkpoint"))
+                if init.is_dir():
+                    ins.append((init, "the --init-from run"))
         if self.data is None:
             self.data = meta.get("data") if isinstance(meta.get("data"), str) else None
             if self.data is None:
@@ -376,6 +382,15 @@ class _Trainer:
                            "vector (end with flatten/global_pool and dense)")
         self.n_out = network.output[0]
         self.model = build_model(network, seed=self.config.seed)
+        from cnncli.freeze import parse_freeze
+
+        self.model.freeze(parse_freeze(self.config.freeze))
+        if not self.model.trainable_params:
+            raise CnnError(f"{self.spec.file or self.spec.name}: every parameter is frozen "
+                           "(trainable: false / --freeze); nothing would be trained")
+        self.init_normalizer = None
+        if self.config.init_from and self.ckpt_state is None:
+            self._init_from(self.config.init_from)
         if self.config.autotune:
             report = self.model.tune(self.config.batch_size,
                                      log=lambda text: self.emit("note", {"text": text}))
@@ -383,13 +398,30 @@ class _Trainer:
                                    "timed": sum(not r["cached"] for r in report),
                                    "paths": {r["name"]: r["path"] for r in report}})
 
+    def _init_from(self, source: str) -> None:
+        """Copy the matching weights of another run (fine-tuning); report what was done.
+        Its normalisation is kept when the channels agree: the copied layers learned their
+        features on inputs normalised that way."""
+        from cnncli.data.dataset import Normalizer
+        from cnncli.train.finetune import apply_init, open_init
+
+        path, arrays, meta = open_init(source)
+        report = apply_init(self.model, arrays, path)
+        norm = Normalizer.from_dict(meta["normalizer"], str(path))
+        if norm.mean.shape[0] == self.spec.input[2]:
+            self.init_normalizer = norm
+        self.emit("init_from", report.to_dict() | {
+            "normalizer": "the checkpoint's" if self.init_normalizer is not None else
+            "fitted to the new data (the channels differ)"})
+
     def _load_data(self) -> None:
-        """The splits; a resumed run keeps the normalisation it was trained with."""
+        """The splits; a resumed run keeps the normalisation it was trained with, and a
+        fine-tuned one the normalisation of the run it starts from."""
         from cnncli.data.dataset import Normalizer, load_dataset
 
         state = self.ckpt_state
         normalizer = Normalizer.from_dict(state[1]["normalizer"], str(self.ckpt_path)) \
-            if state else None
+            if state else self.init_normalizer
         self.splits = load_dataset(self.data, self.spec.input, self.config.val_split,
                                    self.config.seed, normalizer=normalizer,
                                    num_classes=self.n_out)
