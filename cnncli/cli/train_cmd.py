@@ -129,8 +129,13 @@ def train(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
     autotune: Annotated[bool | None, typer.Option("--autotune", help="Time each conv's candidate kernel paths once and train with the fastest (cached on disk).")] = None,
 ) -> None:
-    """Train a spec on a dataset and write a run folder (checkpoints, metrics, curves)."""
+    """Train a spec on a dataset and write a run folder (checkpoints, metrics, curves).
+
+    Under mpiexec -n P: data-parallel over P processes (rank 0 writes and reports).
+    """
     import json
+
+    comm = _mpi_world()
 
     from cnncli.spec import load_spec
     from cnncli.train.config import TrainConfig, resolve_config
@@ -147,6 +152,8 @@ def train(
         cfg = resolve_config(spec.training, config, flags)
         data_path = data or DEFAULT_DATA
         out_dir = out or Path("runs") / f"{arch.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+        if comm is not None:
+            out_dir = comm.bcast(out_dir)  # rank 0's clock names the run for every rank
     else:
         given = [f"--{k.replace('_', '-')}" for k, v in flags.items()
                  if v is not None and k != "epochs"]
@@ -192,6 +199,21 @@ def train(
         + f"{summary['train_images_per_second']:,.0f} training images/s\n"
         f"checkpoint: {summary['checkpoint']}\nrun folder: {summary['run_dir']}",
         highlight=False)
+
+
+def _mpi_world() -> Any:
+    """The MPI world under ``mpiexec -n P`` (P > 1; only rank 0 then prints), else None.
+    Read from the launcher's environment first: a plain run never imports mpi4py."""
+    from cnncli.train.dist import launched_size
+
+    if launched_size() == 1:
+        return None
+    from cnncli.train.dist import world
+
+    comm = world()
+    if comm.rank != 0:
+        stdout.quiet = stderr.quiet = True
+    return comm
 
 
 @app.command()
