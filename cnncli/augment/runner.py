@@ -3,7 +3,8 @@
 :func:`run` walks the input (sorted, hidden entries ignored, symlinked folders followed once:
 a link back to an ancestor is skipped and reported), plans deterministic output names
 (``<stem>_<i><ext>`` next to where the source sits), and processes one source per task, in
-this process (``workers=1``) or in a pool of processes. The outputs of source ``rel`` draw,
+this process (``workers=1``), in a pool of processes, or on a Dask cluster
+(``executor="dask"``: :mod:`cnncli.augment.dask_run`). The outputs of source ``rel`` draw,
 in index order, from one generator::
 
     numpy.random.default_rng(SeedSequence(seed, spawn_key=sha256(rel)[:16] as 4 uint32))

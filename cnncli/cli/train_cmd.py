@@ -183,7 +183,13 @@ def train(
         else:
             warn(f"{what} before the first epoch ended: nothing was saved (start again with "
                  "the same command)")
+        if comm is not None:
+            comm.abort(int(interrupt_exit_code(exc)))  # a rank may wait in a collective
         raise typer.Exit(int(interrupt_exit_code(exc))) from None
+    except Exception as exc:
+        if comm is not None and not getattr(exc, "all_ranks", False):
+            _fail_all(comm, exc)  # some ranks failed alone: the others must not wait for ever
+        raise
     finally:
         progress.close()
     summary = result.summary()
@@ -199,6 +205,21 @@ def train(
         + f"{summary['train_images_per_second']:,.0f} training images/s\n"
         f"checkpoint: {summary['checkpoint']}\nrun folder: {summary['run_dir']}",
         highlight=False)
+
+
+def _fail_all(comm: Any, exc: Exception) -> None:
+    """Report an error that only this rank raised (every rank prints its own), then end the
+    whole MPI job with its exit code."""
+    if isinstance(exc, CnnError):
+        stderr.quiet = False
+        from cnncli.cli.common import error
+
+        error(f"MPI rank {comm.rank}: {exc}")
+        comm.abort(int(exc.exit_code))
+    import traceback
+
+    traceback.print_exc()
+    comm.abort(1)
 
 
 def _mpi_world() -> Any:

@@ -88,6 +88,16 @@ class Mpi:
     def bcast(self, obj: Any) -> Any:
         return self.comm.bcast(obj, root=0)
 
+    def abort(self, code: int) -> None:
+        """End every rank (mpiexec exits with ``code``): for a failure on some ranks only,
+        which would otherwise leave the others waiting in a collective for ever."""
+        import sys
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self.comm.Abort(int(code))
+        os._exit(int(code))  # MPICH's Abort may return before the launcher ends the job
+
 
 _WORLD: Single | Mpi | None = None
 
@@ -140,13 +150,20 @@ def agree(comm: Single | Mpi, error: BaseException | None) -> None:
     flags = comm.allgather(None if error is None else (type(error).__name__, str(error),
                                                        getattr(error, "exit_code", None)))
     if error is not None:
-        raise error
+        raise on_all_ranks(error)
     first = next((f for f in flags if f is not None), None)
     if first is not None:
         exc = CnnError(first[1])
         if first[2] is not None:
             exc.exit_code = first[2]
-        raise exc
+        raise on_all_ranks(exc)
+
+
+def on_all_ranks(exc: BaseException) -> BaseException:
+    """Mark an error that every rank raises at the same point (they can all just exit); any
+    other error under MPI ends the whole job (:meth:`Mpi.abort`)."""
+    exc.all_ranks = True  # type: ignore[attr-defined]
+    return exc
 
 
 def world_size_mismatch(saved: int, size: int, where: str) -> CnnError:

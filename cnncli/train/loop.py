@@ -58,6 +58,7 @@ Inputs = Sequence[tuple[str | Path | None, str]]
 
 class NonFiniteLoss(CnnError):
     exit_code = ExitCode.FAILURE
+    all_ranks = True  # over MPI every rank sees the same (reduced) loss and weights
 
 
 @dataclass
@@ -631,8 +632,10 @@ class _Trainer:
         for k in sorted(model.params):
             digest.update(np.ascontiguousarray(model.params[k]).tobytes())
         if len(set(self.world.allgather(digest.hexdigest()))) != 1:
-            raise CnnError("the weights differ between the MPI ranks (their MPI reduced "
-                           "differently); training stopped")
+            from cnncli.train.dist import on_all_ranks
+
+            raise on_all_ranks(CnnError("the weights differ between the MPI ranks (their MPI "
+                                        "reduced differently); training stopped"))
 
     def _check_weights(self, epoch: int) -> None:
         """Stop if the epoch's last update overflowed, before it reaches a checkpoint."""
