@@ -145,8 +145,13 @@ def train(
     init_from: Annotated[Path | None, typer.Option("--init-from", help="Start from the weights of this run (folder: its best checkpoint) or checkpoint whose names and shapes match; optimizer, epochs and random streams start fresh.")] = None,
     freeze: Annotated[str | None, typer.Option("--freeze", help="Keep these layers fixed: comma-separated dotted paths or prefixes, e.g. layer1,layer2.")] = None,
 ) -> None:
-    """Train a spec on a dataset and write a run folder (checkpoints, metrics, curves)."""
+    """Train a spec on a dataset and write a run folder (checkpoints, metrics, curves).
+
+    Under mpiexec -n P: data-parallel over P processes (rank 0 writes and reports).
+    """
     import json
+
+    comm = _mpi_world()
 
     from cnncli.spec import load_spec
     from cnncli.train.config import TrainConfig, resolve_config
@@ -164,6 +169,8 @@ def train(
         cfg = resolve_config(spec.training, config, flags)
         data_path = data or DEFAULT_DATA
         out_dir = out or Path("runs") / f"{arch.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+        if comm is not None:
+            out_dir = comm.bcast(out_dir)  # rank 0's clock names the run for every rank
     else:
         given = [f"--{k.replace('_', '-')}" for k, v in flags.items()
                  if v is not None and k != "epochs"]
@@ -193,7 +200,13 @@ def train(
         else:
             warn(f"{what} before the first epoch ended: nothing was saved (start again with "
                  "the same command)")
+        if comm is not None:
+            comm.abort(int(interrupt_exit_code(exc)))  # a rank may wait in a collective
         raise typer.Exit(int(interrupt_exit_code(exc))) from None
+    except Exception as exc:
+        if comm is not None and not getattr(exc, "all_ranks", False):
+            _fail_all(comm, exc)  # some ranks failed alone: the others must not wait for ever
+        raise
     finally:
         progress.close()
     summary = result.summary()
@@ -209,6 +222,36 @@ def train(
         + f"{summary['train_images_per_second']:,.0f} training images/s\n"
         f"checkpoint: {summary['checkpoint']}\nrun folder: {summary['run_dir']}",
         highlight=False)
+
+
+def _fail_all(comm: Any, exc: Exception) -> None:
+    """Report an error that only this rank raised (every rank prints its own), then end the
+    whole MPI job with its exit code."""
+    if isinstance(exc, CnnError):
+        stderr.quiet = False
+        from cnncli.cli.common import error
+
+        error(f"MPI rank {comm.rank}: {exc}")
+        comm.abort(int(exc.exit_code))
+    import traceback
+
+    traceback.print_exc()
+    comm.abort(1)
+
+
+def _mpi_world() -> Any:
+    """The MPI world under ``mpiexec -n P`` (P > 1; only rank 0 then prints), else None.
+    Read from the launcher's environment first: a plain run never imports mpi4py."""
+    from cnncli.train.dist import launched_size
+
+    if launched_size() == 1:
+        return None
+    from cnncli.train.dist import world
+
+    comm = world()
+    if comm.rank != 0:
+        stdout.quiet = stderr.quiet = True
+    return comm
 
 
 @app.command()
