@@ -375,10 +375,14 @@ class _Trainer:
             meta, augment = {}, self.config.augment
             if self.config.init_from:  # read only: neither it nor its run may be written
                 init = Path(self.config.init_from)
-                ins.append((resolve_checkpoint(init, prefer="best"),
-                            "the --init-from checkpoint"))
+                ckpt = resolve_checkpoint(init, prefer="best")
+                ins.append((ckpt, "the --init-from checkpoint"))
                 if init.is_dir():
                     ins.append((init, "the --init-from run"))
+                elif ckpt.parent.name == "checkpoints" and (ckpt.parent.parent
+                                                            / "config.yaml").is_file():
+                    # RUN/checkpoints/x.npz: the run it belongs to is read-only as well
+                    ins.append((ckpt.parent.parent, "the --init-from run"))
         if self.data is None:
             self.data = meta.get("data") if isinstance(meta.get("data"), str) else None
             if self.data is None:

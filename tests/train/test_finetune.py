@@ -197,6 +197,11 @@ def test_output_inside_the_init_run_is_refused(digits):
     msg = _bad("train", "--arch", str(digits["new_spec"]), "--data", str(digits["high"]),
                "--init-from", str(digits["run"]), "--out", str(digits["run"]))
     assert "--init-from" in msg
+    # Given as one of its checkpoints, the run it belongs to is just as read-only.
+    msg = _bad("train", "--arch", str(digits["new_spec"]), "--data", str(digits["high"]),
+               "--init-from", str(digits["run"] / "checkpoints" / "last.npz"),
+               "--out", str(digits["run"] / "ft"))
+    assert "lies inside the --init-from run" in msg
 
 
 def test_unknown_freeze_name_lists_close_names(digits, tmp_path):
