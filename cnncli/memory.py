@@ -6,7 +6,8 @@ Five parts, float32, for a batch of N images trained with a given optimizer:
 * gradients: one array per trainable parameter (the backward pass allocates them, the
   model keeps them until the next one);
 * optimizer state: per trainable parameter, the optimizer's buffers (SGD momentum 1,
-  Adam 2, ...) and its two scratch arrays (:meth:`cnncli.optim.Optimizer.arrays_per_param`);
+  Adam 2, ...) and the scratch arrays it writes (:meth:`cnncli.optim.Optimizer.scratch_used`: 1,
+  2 with coupled weight decay);
 * activations the backward pass keeps: walked over the engine's own plan
   (:func:`cnncli.engine.plan.build_plan`, so fusions count as the engine runs them), each
   layer saying what its forward caches (:meth:`cnncli.layers.base.Layer.kept`). Arrays are
@@ -119,11 +120,13 @@ def kept_activations(network: Any, logits: bool = True) -> tuple[dict, dict, int
 
 
 def optimizer_arrays(optimizer: str, **hparams: Any) -> tuple[int, int]:
-    """(state buffers, scratch arrays) the optimizer keeps per trainable parameter."""
+    """(state buffers, scratch arrays written) the optimizer keeps per trainable parameter.
+    It allocates SCRATCH (2) scratch arrays, but one of them is only written with coupled
+    weight decay; never-written pages take no memory, so it is not counted otherwise."""
     from cnncli.optim import make_optimizer
 
     opt = make_optimizer(optimizer, **hparams)
-    return opt.state_buffers(), opt.SCRATCH
+    return opt.state_buffers(), opt.scratch_used()
 
 
 def memory_rows(network: Any, rows: list[dict], batch: int, optimizer: str = "sgd",

@@ -133,6 +133,11 @@ class Optimizer:
     def _update(self, name: str, p: np.ndarray, g: np.ndarray) -> None:
         raise NotImplementedError
 
+    def scratch_used(self) -> int:
+        """How many of the SCRATCH arrays a step writes (so the OS gives them pages): the
+        second always, the first only for coupled L2 decay (``_with_l2``)."""
+        return 2 if self.weight_decay and not getattr(self, "DECOUPLED", False) else 1
+
     def state_buffers(self) -> int:
         """How many of ``BUFFERS`` these settings fill per parameter (the memory
         estimate, ``cnn shapes --memory``)."""

@@ -13,7 +13,18 @@ from cnncli.layers.activation import (
     active,
     describe,
 )
-from cnncli.layers.base import RF, Context, Kept, Layer, Node, Param, Shape, boolean, fraction, pos_int
+from cnncli.layers.base import (
+    RF,
+    Context,
+    Kept,
+    Layer,
+    Node,
+    Param,
+    Shape,
+    boolean,
+    fraction,
+    pos_int,
+)
 from cnncli.layers.init import init_weight, zeros
 from cnncli.layers.registry import register
 

@@ -74,3 +74,38 @@ def test_kept_activations_equal_the_engine(name, one_thread):
     per_image, fixed, _ = kept_activations(model.network)
     estimate = sum(per_image.values()) * batch + sum(fixed.values())
     assert estimate == measured_kept(model, batch)
+
+
+@pytest.mark.parametrize("name,hp", [
+    ("sgd", {}), ("sgd", {"momentum": 0.9}), ("adam", {}), ("adam", {"amsgrad": True}),
+    ("adamw", {}), ("rmsprop", {}), ("rmsprop", {"centered": True, "momentum": 0.5}),
+])
+def test_optimizer_state_count_matches_its_buffers(name, hp):
+    opt = make_optimizer(name, lr=0.1, **hp)
+    p = {"w": np.ones(3, np.float32)}
+    for _ in range(2):
+        opt.step(p, {"w": np.full(3, 0.5, np.float32)})
+    assert sum("w" in per for per in opt._buf.values()) == opt.state_buffers()
+    assert len(opt._scratch["w"]) == opt.SCRATCH
+
+
+def test_cli_shapes_memory_json():
+    import json
+
+    from typer.testing import CliRunner
+
+    from cnncli.cli.main import app
+
+    res = CliRunner().invoke(app, ["shapes", str(ARCH / "lenet5.yaml"), "-b", "4",
+                                   "--optimizer", "adam", "-f", "json"])
+    assert res.exit_code == 0, res.output
+    rep = json.loads(res.stdout)
+    m = rep["totals"]["memory"]
+    rows = rep["layers"]
+    assert m["kept_bytes"] == sum(r["kept_bytes"] for r in rows) > 0
+    assert m["grad_bytes"] == 4 * rep["totals"]["trainable_params"]
+    assert m["optimizer_bytes"] == (2 + 1) * m["grad_bytes"]  # m, v + one written scratch
+    assert m["total_bytes"] == sum(m[k] for k in ("param_bytes", "grad_bytes",
+                                   "optimizer_bytes", "kept_bytes", "transient_bytes"))
+    bad = CliRunner().invoke(app, ["shapes", str(ARCH / "lenet5.yaml"), "--optimizer", "x"])
+    assert bad.exit_code == 2 and "unknown optimizer" in bad.output
