@@ -56,11 +56,12 @@ def layer_row(node: Node, frozen: bool = False) -> dict[str, Any]:
     }
 
 
-def shape_report(network: Network, batch: int = 1, freeze: tuple[str, ...] = ()
-                 ) -> dict[str, Any]:
+def shape_report(network: Network, batch: int = 1, freeze: tuple[str, ...] = (),
+                 optimizer: str | None = None) -> dict[str, Any]:
     """The whole report as JSON-ready data (see README for the fields). ``freeze``: layer
     paths (dotted prefixes) frozen on top of the spec's ``trainable: false``; frozen
-    parameters count as non-trainable, as Keras counts them."""
+    parameters count as non-trainable, as Keras counts them. ``optimizer`` (sgd, adam, ...):
+    add the training memory per row and in ``totals["memory"]`` (cnncli.memory)."""
     from cnncli.freeze import check_freeze_names, frozen_paths
 
     check_freeze_names(network.nodes, freeze)
@@ -70,6 +71,11 @@ def shape_report(network: Network, batch: int = 1, freeze: tuple[str, ...] = ()
     trainable = sum(r["params"] for r in rows) - frozen_params
     non_trainable = sum(r["non_trainable"] for r in rows) + frozen_params
     macs = sum(r["macs"] for r in rows)
+    memory = None
+    if optimizer is not None:
+        from cnncli.memory import memory_rows
+
+        memory = {"batch": batch, **memory_rows(network, rows, batch, optimizer)}
     act_values = sum(r["activation_values"] for r in rows)
     return {
         "name": network.spec.name,
@@ -91,6 +97,7 @@ def shape_report(network: Network, batch: int = 1, freeze: tuple[str, ...] = ()
             "activation_bytes_batch": act_values * BYTES_PER_VALUE * batch,
             "bytes_per_value": BYTES_PER_VALUE,
             "convention": MAC_CONVENTION,
+            **({"memory": memory} if memory is not None else {}),
         },
         "warnings": list(network.warnings),
         "notes": list(network.notes),
@@ -99,8 +106,9 @@ def shape_report(network: Network, batch: int = 1, freeze: tuple[str, ...] = ()
 
 def shapes(
     source: str | Path | dict | Spec, input_shape: Shape | None = None, batch: int = 1,
-    freeze: tuple[str, ...] = (),
+    freeze: tuple[str, ...] = (), optimizer: str | None = None,
 ) -> dict[str, Any]:
     """Load (if needed), resolve and report: the one call behind ``cnn shapes``."""
     spec = source if isinstance(source, Spec) else load_spec(source, input_shape=input_shape)
-    return shape_report(resolve(spec, input_shape), batch=batch, freeze=freeze)
+    return shape_report(resolve(spec, input_shape), batch=batch, freeze=freeze,
+                        optimizer=optimizer)

@@ -117,6 +117,21 @@ class Context:
         self.notes.append(self._where(layer) + message)
 
 
+@dataclass(frozen=True)
+class Kept:
+    """What a node's training forward keeps for its backward pass (``Layer.kept``): a
+    reference to its input and/or its output (arrays its neighbours may keep too, so the
+    memory estimate counts each array once), arrays of its own (bytes per image) and
+    batch-independent ones (per-channel statistics, bytes). ``alias``: the output is the
+    input itself or a view of it (flatten, a skipped softmax)."""
+
+    input: bool = False
+    output: bool = False
+    per_image: int = 0
+    fixed: int = 0
+    alias: bool = False
+
+
 class Layer:
     """Base class of every layer type. Subclasses set ``type``, ``params`` and the rules."""
 
@@ -166,6 +181,13 @@ class Layer:
 
     def backward(self, node: Node, dy: Any, cache: Any, state: dict[str, Any], grads: dict) -> Any:
         raise NotImplementedError
+
+    def kept(self, node: Node, itemsize: int, *, logits: bool = False) -> Kept:
+        """What ``forward`` keeps for ``backward`` in training (``itemsize``: bytes per
+        value; ``logits``: this node's softmax is skipped for the fused loss). It mirrors
+        the caches the forward builds; tests/engine/test_memory.py compares it with the
+        arrays the engine really holds. Default: nothing."""
+        return Kept()
 
     def describe(self) -> str:
         """Settings at a glance for report rows, e.g. '5x5/1, pad valid, tanh'."""

@@ -5,10 +5,18 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from cnncli import arith
-from cnncli.layers.activation import act_backward, act_forward, activation_param, active, describe
+from cnncli.layers.activation import (
+    act_backward,
+    act_forward,
+    act_kept,
+    activation_param,
+    active,
+    describe,
+)
 from cnncli.layers.base import (
     RF,
     Context,
+    Kept,
     Layer,
     Node,
     Param,
@@ -283,6 +291,17 @@ class Conv(_ConvBase):
         bn_grads["bias"] = dbf.astype(dtype)
         return dx
 
+    def kept(self, node: Node, itemsize: int, *, logits: bool = False) -> Kept:
+        """x (ConvCache) and y (the layer's cache, for a fused activation's derivative),
+        plus the pre-activation copy an activation keeps when y does not tell its branch."""
+        a = act_kept(self.cfg.get("activation"), node, node.out_shape, itemsize, logits)
+        return Kept(input=True, output=True, per_image=a.per_image)
+
+    def kept_pooled(self, node: Node, pool: Node, itemsize: int) -> Kept:
+        """forward_pooled: x, the pooled output and one uint8 winner per pooled value."""
+        h, w, k = pool.out_shape
+        return Kept(input=True, output=True, per_image=h * w * k)
+
     def fuses_pool(self, node: Node, pool: Node, dtype: Any, options: Any = None) -> bool:
         """Whether this conv, its ReLU and the ``pool`` node right after it can run as one
         op (ops.conv.conv2d_relu_maxpool2_*, a plan step pairs them): a 2x2 stride-2 max
@@ -438,6 +457,11 @@ class Deconv(_ConvBase):
         )
         y, act_cache = self.forward_post(node, z, ctx)
         return y, (cache, act_cache)
+
+    def kept(self, node: Node, itemsize: int, *, logits: bool = False) -> Kept:
+        """x (ConvTransposeCache) and what its activation keeps."""
+        a = act_kept(self.cfg.get("activation"), node, node.out_shape, itemsize, logits)
+        return Kept(input=True, output=a.output, per_image=a.per_image)
 
     def backward(self, node: Node, dy: Any, cache: Any, state: dict, grads: dict, *,
                  param_grads: bool = True, need_dx: bool = True) -> Any:

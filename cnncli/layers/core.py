@@ -5,8 +5,26 @@ from __future__ import annotations
 from math import prod
 from typing import Any, NamedTuple
 
-from cnncli.layers.activation import act_backward, act_forward, activation_param, active, describe
-from cnncli.layers.base import RF, Context, Layer, Node, Param, Shape, boolean, fraction, pos_int
+from cnncli.layers.activation import (
+    act_backward,
+    act_forward,
+    act_kept,
+    activation_param,
+    active,
+    describe,
+)
+from cnncli.layers.base import (
+    RF,
+    Context,
+    Kept,
+    Layer,
+    Node,
+    Param,
+    Shape,
+    boolean,
+    fraction,
+    pos_int,
+)
 from cnncli.layers.init import init_weight, zeros
 from cnncli.layers.registry import register
 
@@ -39,6 +57,9 @@ class Flatten(Layer):
 
     def backward(self, node: Node, dy: Any, cache: Any, state: dict, grads: dict) -> Any:
         return dy.reshape(cache)
+
+    def kept(self, node: Node, itemsize: int, *, logits: bool = False) -> Kept:
+        return Kept(alias=True)  # a view of x; the cache is its shape
 
 
 @register
@@ -102,6 +123,13 @@ class Dense(Layer):
         if act is not None:
             z, act_cache = act_forward(act, z)
         return z, (x2, x.shape, act, act_cache)
+
+    def kept(self, node: Node, itemsize: int, *, logits: bool = False) -> Kept:
+        """x (as the [N, units] view, for dW) and what the activation keeps. (A batch run
+        in parts with a weight of COLUMN_SPLIT_WEIGHTS or more keeps the whole batch's x
+        in every part: not counted, the estimate is for one part.)"""
+        a = act_kept(self.cfg.get("activation"), node, node.out_shape, itemsize, logits)
+        return Kept(input=True, output=a.output, per_image=a.per_image)
 
     def backward(self, node: Node, dy: Any, cache: Any, state: dict, grads: dict, *,
                  param_grads: bool = True, need_dx: bool = True) -> Any:
@@ -221,6 +249,12 @@ class Dropout(Layer):
         draw = ctx.rng.random(full, dtype=x.dtype) if ctx.part == 0 else None
         mask = ctx.gather((node.path, "mask"), draw)[0][ctx.lo:ctx.lo + x.shape[0]]
         return dropout.dropout_forward(x, self.rate, None, True, mask=mask >= self.rate)
+
+    def kept(self, node: Node, itemsize: int, *, logits: bool = False) -> Kept:
+        """The scaled mask (x's dtype and shape); rate 0 returns x itself."""
+        if self.rate == 0:
+            return Kept(alias=True)
+        return Kept(per_image=prod(node.in_shape) * itemsize)
 
     def backward(self, node: Node, dy: Any, cache: Any, state: dict, grads: dict) -> Any:
         from cnncli.ops import dropout

@@ -6,6 +6,7 @@ from typing import Any
 
 from cnncli.layers.base import (
     Context,
+    Kept,
     Layer,
     Node,
     Param,
@@ -84,6 +85,11 @@ class BatchNorm(Layer):
             state["running_var"][...] = rv
         return y, (cache, ctx)
 
+    def kept(self, node: Node, itemsize: int, *, logits: bool = False) -> Kept:
+        """A reference to x (xhat is recomputed in backward) and four per-channel arrays:
+        mean, 1/std, scale and shift. A fused ReLU/ReLU6 keeps nothing more."""
+        return Kept(input=True, fixed=4 * node.in_shape[-1] * itemsize)
+
     def backward(self, node: Node, dy: Any, cache: Any, state: dict, grads: dict, *,
                  param_grads: bool = True, need_dx: bool = True) -> Any:
         from cnncli.ops import norm
@@ -145,6 +151,11 @@ class LRN(Layer):
         return norm.lrn_forward(
             x, self.size, self.alpha, self.beta, self.k, self.convention == "torch"
         )
+
+    def kept(self, node: Node, itemsize: int, *, logits: bool = False) -> Kept:
+        """x, and the denominator and its power (each the size of x)."""
+        h, w, c = node.in_shape
+        return Kept(input=True, per_image=2 * h * w * c * itemsize)
 
     def backward(self, node: Node, dy: Any, cache: Any, state: dict, grads: dict) -> Any:
         from cnncli.ops import norm
