@@ -211,12 +211,7 @@ def run_backward(x, w, g: ConvGeometry, algo: ConvAlgo, opts: EngineOptions, dy,
             dwp = im2col.backward(x, dy[lo:hi], ew, eg, dx, lo, hi, p, opts, need_dx=need_dx,
                                   need_dw=True, act_y=(act[0], act[1][lo:hi]), db=db)
             return dwp, db
-        if dz_of is not None:
-            dz = dz_of(lo, hi, p)
-        elif act is not None:
-            dz = act_grad(dy, act[1], act[0], lo, hi, p)
-        else:
-            dz = dy[lo:hi]
+        dz = _dz_part(dy, act, dz_of, lo, hi, p)
         if both_im2col:
             if has_bias:
                 db += channel_sums(dz)
@@ -237,6 +232,16 @@ def run_backward(x, w, g: ConvGeometry, algo: ConvAlgo, opts: EngineOptions, dy,
     dw = _uncrop(sum_parts([r[0] for r in results]), w.shape, algo)
     db = sum_parts([r[1] for r in results]).astype(x.dtype) if has_bias else None
     return dx, dw, db
+
+
+def _dz_part(dy, act, dz_of, lo: int, hi: int, p: int):
+    """The gradient at the conv's output for images lo:hi: from ``dz_of`` (a fused op's
+    unpooling), through the fused activation's derivative, or dy itself."""
+    if dz_of is not None:
+        return dz_of(lo, hi, p)
+    if act is not None:
+        return act_grad(dy, act[1], act[0], lo, hi, p)
+    return dy[lo:hi]
 
 
 def _run_dx_only(x, w, g: ConvGeometry, algo: ConvAlgo, opts: EngineOptions, dy,
@@ -261,12 +266,7 @@ def _run_dx_only(x, w, g: ConvGeometry, algo: ConvAlgo, opts: EngineOptions, dy,
             im2col.backward(None, dy[lo:hi], ew, eg, dx, lo, hi, p, opts, need_dx=True,
                             need_dw=False, act_y=(act[0], act[1][lo:hi]))
             return
-        if dz_of is not None:
-            dz = dz_of(lo, hi, p)
-        elif act is not None:
-            dz = act_grad(dy, act[1], act[0], lo, hi, p)
-        else:
-            dz = dy[lo:hi]
+        dz = _dz_part(dy, act, dz_of, lo, hi, p)
         dx_fn(dz, u_dx if u_dx is not None else ew, eg, dx, lo, hi, p, opts)
 
     _threads.over_batch(part, x.shape[0], work=dy.size * ew[0].size)
