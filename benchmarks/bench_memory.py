@@ -4,9 +4,9 @@ For LeNet-5, the CIFAR CNN and ResNet-18 at 64x64 (batch 32, sgd momentum 0.9, o
 thread), each in a fresh subprocess: the kernels are compiled/loaded first by a batch-2
 warm-up step of the same network (so JIT code is not counted), the peak RSS is reset
 (/proc/self/clear_refs, Linux), then the model is built and trained for 3 steps on
-random data; measured = VmHWM - VmRSS before building. Prints both, the ratio
-(measured / estimate), the conv/pool scratch workspaces the model holds afterwards
-(measured: the estimate does not model them yet) and the ratio with them added.
+random data; measured = VmHWM - VmRSS before building. Prints the estimate without and
+with its conv/pool scratch workspaces (estimated, next to what the model holds
+afterwards: model.workspaces) and the ratios measured / estimate for both.
 
     python benchmarks/bench_memory.py
 """
@@ -66,8 +66,8 @@ print(json.dumps({"measured": peak - before, "workspaces": ws}))
 def main() -> None:
     from cnncli.shapes import shapes
 
-    print(f"{'network':<12}{'estimate MiB':>14}{'measured MiB':>14}{'ratio':>8}"
-          f"{'workspaces MiB':>16}{'ratio with them':>17}")
+    print(f"{'network':<12}{'est. w/o ws MiB':>16}{'ratio':>7}{'ws est. MiB':>12}"
+          f"{'ws held MiB':>12}{'estimate MiB':>13}{'measured MiB':>13}{'ratio':>7}")
     for name, shape in CASES:
         spec = ROOT / "architectures" / f"{name}.yaml"
         m = shapes(spec, input_shape=shape, batch=BATCH, optimizer="sgd")["totals"]["memory"]
@@ -80,11 +80,13 @@ def main() -> None:
         got = json.loads(out.stdout.strip().splitlines()[-1])
         est, meas = m["total_bytes"], got["measured"]
         mib = 1 << 20
-        ws = got["workspaces"]  # measured (model.workspaces): not in the estimate
-        print(f"{name:<12}{est / mib:>14.2f}{meas / mib:>14.2f}{meas / est:>8.3f}"
-              f"{ws / mib:>16.2f}{meas / (est + ws):>17.3f}")
+        ws_est, ws = m["workspace_bytes"], got["workspaces"]  # ws: model.workspaces held
+        bare = est - ws_est
+        print(f"{name:<12}{bare / mib:>16.2f}{meas / bare:>7.3f}{ws_est / mib:>12.2f}"
+              f"{ws / mib:>12.2f}{est / mib:>13.2f}{meas / mib:>13.2f}{meas / est:>7.3f}")
         parts = ", ".join(f"{k[:-6]} {m[k] / mib:.2f}" for k in (
-            "param_bytes", "grad_bytes", "optimizer_bytes", "kept_bytes", "transient_bytes"))
+            "param_bytes", "grad_bytes", "optimizer_bytes", "kept_bytes", "transient_bytes",
+            "workspace_bytes"))
         print(f"{'':<12}estimate parts (MiB): {parts}")
 
 

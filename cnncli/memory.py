@@ -119,6 +119,52 @@ def kept_activations(network: Any, logits: bool = True) -> tuple[dict, dict, int
     return st.per_image, st.fixed, st.transient
 
 
+def _ws_steps(plan: Any, nodes: list[Node], out: dict, batch: int, opts: Any,
+              first: str | None, logits_of: str | None) -> None:
+    from cnncli.engine.plan import ConvPoolStep
+
+    def add(sizes: dict[str, int]) -> None:
+        for tag, size in sizes.items():
+            out[tag] = max(out.get(tag, 0), max(size, 1))  # _threads.workspace: >= 1
+
+    for step in plan.steps(nodes):
+        node = step.node
+        if node.layer.is_block:
+            for children in node.children.values():
+                _ws_steps(plan, children, out, batch, opts, first, logits_of)
+            continue
+        if node.type == "conv":
+            algo = step.kwargs.get("algo") or node.layer.algo(node, "float32", opts)
+            add(node.layer.workspaces(node, algo, batch, BYTES, opts,
+                                      need_dx=node.path != first,
+                                      logits=node.path == logits_of,
+                                      pooled=isinstance(step, ConvPoolStep)))
+        elif node.type == "pool" and not isinstance(step, ConvPoolStep):
+            add(node.layer.workspaces(node))
+
+
+def workspace_elements(network: Any, batch: int, logits: bool = True) -> dict[str, int]:
+    """Workspace tag -> elements of the scratch buffer the engine holds for it after a
+    training step of ``batch`` images on one thread: ``_threads.workspace`` keeps one
+    buffer per tag (and part and dtype), grown to the largest request, so each tag
+    counts the most any conv or pooling step asks for (each layer's own size rule,
+    ``Conv.workspaces`` / ``Pool.workspaces``, on the paths the plan chose). With T
+    threads each part has its own set, for its share of the batch (not estimated here).
+    Deconvolutions are not modelled (no shipped architecture has one)."""
+    import numpy as np
+
+    from cnncli.engine.model import _first_leaf, _softmax_head
+    from cnncli.engine.plan import build_plan
+    from cnncli.ops.options import DEFAULT
+
+    plan = build_plan(network.nodes, np.float32, DEFAULT)
+    last = network.nodes[-1] if network.nodes else None
+    out: dict[str, int] = {}
+    _ws_steps(plan, network.nodes, out, batch, DEFAULT, _first_leaf(network.nodes),
+              _softmax_head(last) if logits else None)
+    return out
+
+
 def optimizer_arrays(optimizer: str, **hparams: Any) -> tuple[int, int]:
     """(state buffers, scratch arrays written) the optimizer keeps per trainable parameter.
     It allocates SCRATCH (2) scratch arrays, but one of them is only written with coupled
@@ -155,7 +201,9 @@ def memory_rows(network: Any, rows: list[dict], batch: int, optimizer: str = "sg
         "optimizer_bytes": sum(r["optimizer_bytes"] for r in rows),
         "kept_bytes": sum(r["kept_bytes"] for r in rows),
         "transient_bytes": transient * batch * BYTES,
+        "workspace_bytes": sum(workspace_elements(network, batch).values()) * BYTES,
     }
     totals["total_bytes"] = sum(totals[k] for k in (
-        "param_bytes", "grad_bytes", "optimizer_bytes", "kept_bytes", "transient_bytes"))
+        "param_bytes", "grad_bytes", "optimizer_bytes", "kept_bytes", "transient_bytes",
+        "workspace_bytes"))
     return totals

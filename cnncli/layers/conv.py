@@ -297,6 +297,24 @@ class Conv(_ConvBase):
         a = act_kept(self.cfg.get("activation"), node, node.out_shape, itemsize, logits)
         return Kept(input=True, output=True, per_image=a.per_image)
 
+    def workspaces(self, node: Node, algo: Any, batch: int, itemsize: int, options: Any, *,
+                   need_dx: bool = True, logits: bool = False,
+                   pooled: bool = False) -> dict[str, int]:
+        """Workspace tag -> the most elements its training forward and backward on the
+        paths ``algo`` ask for, for ``batch`` images in one part (ops.conv.conv_workspaces);
+        ``pooled``: run with the max pooling after it (forward_pooled)."""
+        from cnncli.ops import conv
+
+        h, w, c = node.in_shape
+        g = conv.geometry((h, w), node.params["weight"], self.stride, self.pad,
+                          self.dilation, self.groups)
+        act = self.cfg.get("activation")
+        if logits and act is not None and act[0] == "softmax":
+            act = None
+        fused = act[0] if act is not None and act[0] in conv.FUSED_ACTIVATIONS else None
+        return conv.conv_workspaces(g, batch, c, self.filters, algo, options, itemsize,
+                                    act=fused, need_dx=need_dx, pooled=pooled)
+
     def kept_pooled(self, node: Node, pool: Node, itemsize: int) -> Kept:
         """forward_pooled: x, the pooled output and one uint8 winner per pooled value."""
         h, w, k = pool.out_shape

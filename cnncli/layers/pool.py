@@ -137,6 +137,19 @@ class Pool(Layer):
             return Kept(input=True, output=True)
         return Kept()
 
+    def workspaces(self, node: Node) -> dict[str, int]:
+        """Workspace tag -> elements its training forward and backward ask for (one part):
+        the phase planes of a max pooling that the 2x2 kernels do not cover."""
+        from cnncli.ops import pool
+
+        if self.over == "depth":
+            return {}
+        (h, w, _), (ho, wo, _) = node.in_shape, node.out_shape
+        if not pool.uses_max_rows(self.mode, (h, w), self.size, self.stride, self.padding,
+                                  (ho, wo)):
+            return {}
+        return pool.max_rows_workspaces((h, w), self.size, self.stride, self.padding, (ho, wo))
+
     def backward(self, node: Node, dy: Any, cache: Any, state: dict, grads: dict) -> Any:
         from cnncli.ops import pool
 

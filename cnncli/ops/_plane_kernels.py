@@ -16,14 +16,7 @@ from __future__ import annotations
 from numba import njit
 from numba import uint64 as _u
 
-
-def plane_dims(h: int, w: int, kh: int, kw: int, sh: int, sw: int, ph: int, pw: int,
-               ho: int, wo: int) -> tuple[int, int]:
-    """(Rq, E): rows and columns of each phase plane, with room for the wide output's
-    reads past the last real column (one spare row)."""
-    e = max(wo + (kw - 1) // sw, -(-(w + 2 * pw) // sw))
-    rq = max(ho + (kh - 1) // sh, -(-(h + 2 * ph) // sh)) + 1
-    return rq, e
+from cnncli.ops.planes import plane_dims  # noqa: F401 (the kernels' callers import it here)
 
 
 @njit(inline="always")

@@ -24,6 +24,7 @@ import numpy as np
 from cnncli import arith
 from cnncli.errors import ShapeMismatchError
 from cnncli.ops import _threads
+from cnncli.ops.planes import plane_dims, plane_elements
 
 Pair = tuple[int, int]
 POOL_KINDS: tuple[str, ...] = ("max", "avg", "l2")
@@ -244,18 +245,32 @@ def pool2d_backward(dy: np.ndarray, cache: PoolCache) -> np.ndarray:
     return dx
 
 
+def max_rows_workspaces(in_hw: Pair, kernel: Pair, stride: Pair, padding: Pair,
+                        out_hw: Pair) -> dict[str, int]:
+    """Workspace tag -> elements of _max_rows for one part (any number of images)."""
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    rq, e = plane_dims(*in_hw, kh, kw, sh, sw, ph, pw, *out_hw)
+    return {"pool.plane": plane_elements(sh, sw, rq, e)}
+
+
+def uses_max_rows(kind: str, in_hw: Pair, kernel: Pair, stride: Pair, padding: Pair,
+                  out_hw: Pair) -> bool:
+    """Whether a pooling's training forward runs _max_rows (max, not the 2x2 kernels)."""
+    return kind == "max" and not _is_2x2(*kernel, *stride, *padding, *in_hw, *out_hw)
+
+
 def _max_rows(x, kernel: Pair, stride: Pair, padding: Pair, y, argmax, part: int) -> None:
     """y (and the winners into argmax, unless None) by kern.maxpool2d_planes, on -inf
     padded phase planes large enough for the windows that ceil mode lets hang past the
     input."""
     from cnncli.ops import _kernels as kern
-    from cnncli.ops._plane_kernels import plane_dims
 
     (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
     h, w = x.shape[2:]
     ho, wo = y.shape[2:]
     rq, e = plane_dims(h, w, kh, kw, sh, sw, ph, pw, ho, wo)
-    plane = _threads.workspace("pool.plane", part, sh * sw * rq * e + e, x.dtype)
+    sizes = max_rows_workspaces((h, w), kernel, stride, padding, (ho, wo))
+    plane = _threads.workspace("pool.plane", part, sizes["pool.plane"], x.dtype)
     want = argmax is not None
     kern.maxpool2d_planes(x, kh, kw, sh, sw, ph, pw, ho, wo, rq, e, plane, want, y,
                           argmax if want else np.empty(1, dtype=np.int32))

@@ -9,7 +9,7 @@ import pytest
 
 from cnncli.engine.model import Model, build_model
 from cnncli.engine.plan import Step
-from cnncli.memory import kept_activations
+from cnncli.memory import kept_activations, workspace_elements
 from cnncli.ops import _threads
 from cnncli.optim import make_optimizer
 
@@ -76,6 +76,23 @@ def test_kept_activations_equal_the_engine(name, one_thread):
     assert estimate == measured_kept(model, batch)
 
 
+@pytest.mark.parametrize("name", sorted(SIZES))
+def test_workspaces_equal_the_engine(name, one_thread):
+    """After a training step (forward, backward without the input gradient, as cnn train
+    runs it) the model's scratch buffers are exactly the estimate, tag by tag."""
+    batch = 3
+    model = build_model(ARCH / f"{name}.yaml", input_shape=SIZES[name], seed=0)
+    c, h, w = model.input_shape
+    x = np.random.default_rng(0).normal(size=(batch, c, h, w)).astype(np.float32)
+    y = model.forward(x, training=True, logits=True)
+    model.backward(np.ones_like(y), input_grad=False)
+    held = {}
+    for (tag, part, dtype, _owner), buf in model.workspaces.items():
+        assert part == 0 and dtype == "<f4"
+        held[tag] = buf.size
+    assert held == workspace_elements(model.network, batch)
+
+
 @pytest.mark.parametrize("name,hp", [
     ("sgd", {}), ("sgd", {"momentum": 0.9}), ("adam", {}), ("adam", {"amsgrad": True}),
     ("adamw", {}), ("rmsprop", {}), ("rmsprop", {"centered": True, "momentum": 0.5}),
@@ -106,6 +123,8 @@ def test_cli_shapes_memory_json():
     assert m["grad_bytes"] == 4 * rep["totals"]["trainable_params"]
     assert m["optimizer_bytes"] == (2 + 1) * m["grad_bytes"]  # m, v + one written scratch
     assert m["total_bytes"] == sum(m[k] for k in ("param_bytes", "grad_bytes",
-                                   "optimizer_bytes", "kept_bytes", "transient_bytes"))
+                                   "optimizer_bytes", "kept_bytes", "transient_bytes",
+                                   "workspace_bytes"))
+    assert m["workspace_bytes"] > 0
     bad = CliRunner().invoke(app, ["shapes", str(ARCH / "lenet5.yaml"), "--optimizer", "x"])
     assert bad.exit_code == 2 and "unknown optimizer" in bad.output

@@ -154,6 +154,60 @@ def _check_algo(algo: ConvAlgo, g: ConvGeometry, c: int, k: int, dtype) -> None:
 
 
 # ---------------------------------------------------------------------------------------
+# the workspaces a conv's training step asks for (the training-memory estimate)
+# ---------------------------------------------------------------------------------------
+
+
+def _path_workspaces(path: str, direction: str, g: ConvGeometry, n: int, m: int, c: int,
+                     k: int, itemsize: int, opts: EngineOptions) -> dict[str, int]:
+    """Workspace tag -> elements that ``path`` asks for in ``direction`` ('fwd', 'dx',
+    'dw') for a part of m images, each path's own size rule."""
+    if path == "im2col":
+        return im2col.workspaces(g, n, m, c, k, itemsize, opts)
+    if path == "batched":
+        return batched.workspaces(g, n, m, c, k, itemsize, opts, backward=direction != "fwd",
+                                  need_dw=direction == "dw")
+    if path in ("dense", "pointwise"):
+        return pointwise.workspaces(g, m, c, k, direction)
+    if path == "depthwise":
+        return depthwise.workspaces(g, c, k)
+    if path == "winograd":
+        (h, w), (ho, wo) = g.in_hw, g.out_hw
+        if direction == "fwd":
+            return winograd.conv_workspaces(c, k, ho, wo, m, itemsize,
+                                            opts.winograd_chunk_bytes)
+        if direction == "dx":  # the conv of dz (K channels) back to C
+            return winograd.conv_workspaces(k, c, h, w, m, itemsize,
+                                            opts.winograd_chunk_bytes)
+        return winograd.weight_grad_workspaces(c, k, h, w, m, opts.winograd_dw_tiles)
+    return {}  # direct: none
+
+
+def conv_workspaces(g: ConvGeometry, n: int, c: int, k: int, algo: ConvAlgo,
+                    opts: EngineOptions, itemsize: int, *, act: str | None = None,
+                    need_dx: bool = True, pooled: bool = False) -> dict[str, int]:
+    """Workspace tag -> the most elements any call of one conv's training forward and
+    backward asks for, for a batch of n run as one part (one thread), as run_forward /
+    run_backward (and conv2d_relu_maxpool2_*, ``pooled``) call the paths of ``algo``.
+    ``act``: the activation fused in the output pass; ``need_dx=False``: the first layer."""
+    eg = algo.crop.geometry if algo.crop is not None else g
+    calls = [("fwd", algo.fwd), ("dw", algo.dw)] + ([("dx", algo.dx)] if need_dx else [])
+    out: dict[str, int] = {}
+    for direction, path in calls:
+        for tag, size in _path_workspaces(path, direction, eg, n, n, c, k, itemsize,
+                                          opts).items():
+            out[tag] = max(out.get(tag, 0), size)
+    dz = n * k * g.out_hw[0] * g.out_hw[1]
+    both_im2col = algo.dw == "im2col" and (algo.dx == "im2col" or not need_dx)
+    if pooled:
+        out["wino.dz"] = max(out.get("wino.dz", 0), dz)
+    elif act is not None and not (opts.fuse_act_grad and both_im2col
+                                  and act in im2col.ACT_CODES):
+        out["conv.dz"] = max(out.get("conv.dz", 0), dz)  # common.act_grad
+    return out
+
+
+# ---------------------------------------------------------------------------------------
 # running a path over the batch
 # ---------------------------------------------------------------------------------------
 

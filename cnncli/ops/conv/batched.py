@@ -14,6 +14,19 @@ from cnncli.ops.conv.im2col import chunk_images
 from cnncli.ops.options import EngineOptions
 
 
+def workspaces(g: ConvGeometry, n: int, m: int, c: int, k: int, itemsize: int,
+               opts: EngineOptions, *, backward: bool = False,
+               need_dw: bool = False) -> dict[str, int]:
+    """Workspace tag -> elements that a part of ``m`` images (of ``n``) asks for: the
+    per-image column matrices of a chunk and, for the weight gradient, their products."""
+    r, p = c // g.groups * g.kernel[0] * g.kernel[1], g.out_hw[0] * g.out_hw[1]
+    mb = min(chunk_images(n, r, p, itemsize, opts.chunk_bytes), m)
+    sizes = {"conv.img": mb * r * p}
+    if backward and need_dw:
+        sizes["conv.dwt"] = mb * r * k
+    return sizes
+
+
 def forward(x, w, bias, g: ConvGeometry, act, y, lo: int, hi: int, part: int,
             opts: EngineOptions) -> None:
     from cnncli.ops import _kernels as kern
@@ -27,7 +40,8 @@ def forward(x, w, bias, g: ConvGeometry, act, y, lo: int, hi: int, part: int,
     r, p = w2.shape[1], ho * wo
     b2 = bias.reshape(k, 1) if bias.shape[0] == k else None
     nb = chunk_images(n, r, p, x.itemsize, opts.chunk_bytes)
-    buf = _threads.workspace("conv.img", part, min(nb, hi - lo) * r * p, x.dtype)
+    sizes = workspaces(g, n, hi - lo, x.shape[1], k, x.itemsize, opts)
+    buf = _threads.workspace("conv.img", part, sizes["conv.img"], x.dtype)
     for n0 in range(lo, hi, nb):
         m = min(nb, hi - n0)
         cols = buf[: m * r * p].reshape(m, r, p)
@@ -53,9 +67,11 @@ def backward(x, dz, w, g: ConvGeometry, dx, lo: int, hi: int, part: int,
     w2t = w.reshape(k, -1).T
     r, p = w2t.shape[0], ho * wo
     nb = chunk_images(n, r, p, dz.itemsize, opts.chunk_bytes)
-    mb = min(nb, hi - lo)
-    buf = _threads.workspace("conv.img", part, mb * r * p, dz.dtype)
-    dwt_buf = _threads.workspace("conv.dwt", part, mb * r * k, dz.dtype) if need_dw else None
+    sizes = workspaces(g, n, hi - lo, w.shape[1] * g.groups, k, dz.itemsize, opts,
+                       backward=True, need_dw=need_dw)
+    buf = _threads.workspace("conv.img", part, sizes["conv.img"], dz.dtype)
+    dwt_buf = (_threads.workspace("conv.dwt", part, sizes["conv.dwt"], dz.dtype) if need_dw
+               else None)
     dwp = None
     for n0 in range(lo, hi, nb):
         m = min(nb, hi - n0)

@@ -13,6 +13,7 @@ import numpy as np
 from cnncli.ops.conv.common import act_inplace
 from cnncli.ops.conv.geometry import ConvGeometry
 from cnncli.ops.options import EngineOptions
+from cnncli.ops.planes import plane_dims, plane_elements
 
 #: Output maps at most this wide take the channel-last kernels.
 _CL_MAX_WO = 8
@@ -23,13 +24,30 @@ def _cl_args(g: ConvGeometry, c: int, k: int):
     return k // c, kh, kw, sh, sw, ph, pw, dh, dw
 
 
+def workspaces(g: ConvGeometry, c: int, k: int) -> dict[str, int]:
+    """Workspace tag -> elements a part asks for, in every direction: the channel-last
+    copies of one image's input and output (narrow maps), else the phase planes."""
+    (h, w), (ho, wo) = g.in_hw, g.out_hw
+    if wo <= _CL_MAX_WO:
+        return {"dw.in": h * w * c, "dw.out": ho * wo * k}
+    sh, sw, rq, e = _plane_args(g)
+    return {"dw.plane": plane_elements(sh, sw, rq, e)}
+
+
+def _plane_args(g: ConvGeometry) -> tuple[int, int, int, int]:
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = g.kernel, g.stride, g.padding, g.dilation
+    (h, w), (ho, wo) = g.in_hw, g.out_hw
+    rq, e = plane_dims(h, w, dh * (kh - 1) + 1, dw * (kw - 1) + 1, sh, sw, ph, pw, ho, wo)
+    return sh, sw, rq, e
+
+
 def _scratch(g: ConvGeometry, part: int, dtype, c: int, k: int):
     """The channel-last copies of one image's input and output."""
     from cnncli.ops import _threads
 
-    (h, w), (ho, wo) = g.in_hw, g.out_hw
-    return (_threads.workspace("dw.in", part, h * w * c, dtype),
-            _threads.workspace("dw.out", part, ho * wo * k, dtype))
+    sizes = workspaces(g, c, k)
+    return (_threads.workspace("dw.in", part, sizes["dw.in"], dtype),
+            _threads.workspace("dw.out", part, sizes["dw.out"], dtype))
 
 
 def _taps_major(w: np.ndarray) -> np.ndarray:
@@ -38,11 +56,8 @@ def _taps_major(w: np.ndarray) -> np.ndarray:
 
 def _args(g: ConvGeometry, c: int, k: int):
     """The kernels' geometry arguments, phase-plane sizes (Rq, E) included."""
-    from cnncli.ops._plane_kernels import plane_dims
-
-    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = g.kernel, g.stride, g.padding, g.dilation
-    (h, w), (ho, wo) = g.in_hw, g.out_hw
-    rq, e = plane_dims(h, w, dh * (kh - 1) + 1, dw * (kw - 1) + 1, sh, sw, ph, pw, ho, wo)
+    (kh, kw), (ph, pw), (dh, dw) = g.kernel, g.padding, g.dilation
+    sh, sw, rq, e = _plane_args(g)
     return k // c, kh, kw, sh, sw, ph, pw, dh, dw, rq, e
 
 
@@ -50,7 +65,7 @@ def _plane(g: ConvGeometry, part: int, dtype, args) -> np.ndarray:
     from cnncli.ops import _threads
 
     sh, sw, rq, e = args[3], args[4], args[9], args[10]
-    return _threads.workspace("dw.plane", part, sh * sw * rq * e + e, dtype)
+    return _threads.workspace("dw.plane", part, plane_elements(sh, sw, rq, e), dtype)
 
 
 def forward(x, w, bias, g: ConvGeometry, act, y, lo: int, hi: int, part: int,

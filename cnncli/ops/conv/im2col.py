@@ -61,14 +61,35 @@ def chunk_images(n: int, rows: int, pixels: int, itemsize: int, target: int) -> 
     return int(min(n, nb))
 
 
-def _padded_buffer(lay: Layout, g: ConvGeometry, c: int, dtype, nb: int,
-                   part: int) -> np.ndarray | None:
-    if not lay.padded:
-        return None
+def _sizes(lay: Layout, g: ConvGeometry, c: int, k: int, nb: int) -> dict[str, int]:
+    """Elements of each workspace a part uses for chunks of ``nb`` images (forward and
+    backward alike): the column matrix, the GEMM rows and, for the padded wide layout,
+    the zero-padded copy of a chunk."""
+    q = g.out_hw[0] * lay.wr
+    sizes = {"conv.cols": lay.rows * nb * q, "conv.rows": k * nb * q}
+    if lay.padded:
+        (h, w), (ph, pw) = g.in_hw, g.padding
+        sizes["conv.pad"] = nb * c * (h + 2 * ph) * (w + 2 * pw)
+    return sizes
+
+
+def workspaces(g: ConvGeometry, n: int, m: int, c: int, k: int, itemsize: int,
+               opts: EngineOptions) -> dict[str, int]:
+    """Workspace tag -> elements that a part of ``m`` images (of a batch of ``n``) asks for
+    on this path, in either direction (the training-memory estimate reads this too)."""
+    lay = layout(g, n, c, itemsize, opts)
+    return _sizes(lay, g, c, k, min(lay.nb, m))
+
+
+def _buffers(lay: Layout, g: ConvGeometry, c: int, k: int, nb: int, part: int, dtype):
+    """(cols, rows, padded copy or None) workspaces of one part."""
     from cnncli.ops import _threads
 
-    (h, w), (ph, pw) = g.in_hw, g.padding
-    return _threads.workspace("conv.pad", part, nb * c * (h + 2 * ph) * (w + 2 * pw), dtype)
+    sizes = _sizes(lay, g, c, k, nb)
+    pad = sizes.get("conv.pad")
+    return (_threads.workspace("conv.cols", part, sizes["conv.cols"], dtype),
+            _threads.workspace("conv.rows", part, sizes["conv.rows"], dtype),
+            None if pad is None else _threads.workspace("conv.pad", part, pad, dtype))
 
 
 def fill_cols(kern, x, n0, m, g: ConvGeometry, lay: Layout, cols, pad_buf) -> None:
@@ -106,7 +127,6 @@ def forward(x, w, bias, g: ConvGeometry, act, y, lo: int, hi: int, part: int,
     """y[lo:hi] = act(conv2d(x[lo:hi], w) + b): im2col, GEMM, then one pass that adds the
     bias (ReLU fused) while laying the rows out as NCHW."""
     from cnncli.ops import _kernels as kern
-    from cnncli.ops import _threads
 
     n, c = x.shape[:2]
     k = w.shape[0]
@@ -116,9 +136,7 @@ def forward(x, w, bias, g: ConvGeometry, act, y, lo: int, hi: int, part: int,
     w2 = w.reshape(k, -1)
     wg = w2.reshape(groups, k // groups, -1)
     nb = min(lay.nb, hi - lo)
-    cols_buf = _threads.workspace("conv.cols", part, lay.rows * nb * q, x.dtype)
-    rows_buf = _threads.workspace("conv.rows", part, k * nb * q, x.dtype)
-    pad_buf = _padded_buffer(lay, g, c, x.dtype, nb, part)
+    cols_buf, rows_buf, pad_buf = _buffers(lay, g, c, k, nb, part, x.dtype)
     for n0 in range(lo, hi, nb):
         m = min(nb, hi - n0)
         ln = m * q
@@ -148,7 +166,6 @@ def backward(x, dy, w, g: ConvGeometry, dx, lo: int, hi: int, part: int,
     the derivative is applied in that layout pass (kern.nchw_to_rows_act), which also
     adds dz's channel sums to ``db`` (float64 [K]) when db has K entries."""
     from cnncli.ops import _kernels as kern
-    from cnncli.ops import _threads
 
     n, k = x.shape[0] if x is not None else dx.shape[0], dy.shape[1]
     c = w.shape[1] * g.groups
@@ -158,9 +175,7 @@ def backward(x, dy, w, g: ConvGeometry, dx, lo: int, hi: int, part: int,
     kg, rg = k // groups, r // groups
     wg = w.reshape(groups, kg, rg)
     nb = min(lay.nb, hi - lo)
-    cols_buf = _threads.workspace("conv.cols", part, r * nb * q, dy.dtype)
-    rows_buf = _threads.workspace("conv.rows", part, k * nb * q, dy.dtype)
-    pad_buf = _padded_buffer(lay, g, c, dy.dtype, nb, part)
+    cols_buf, rows_buf, pad_buf = _buffers(lay, g, c, k, nb, part, dy.dtype)
     dbv = db if db is not None else np.empty(0, dtype=np.float64)
     if need_dw:
         # dW = dY @ cols^T in its final [K, rows] layout (a transposed copy of a large

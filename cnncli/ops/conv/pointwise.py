@@ -19,6 +19,26 @@ from cnncli.ops.options import EngineOptions
 _CM_PIXELS = 256
 
 
+def workspaces(g: ConvGeometry, m: int, c: int, k: int, direction: str) -> dict[str, int]:
+    """Workspace tag -> elements that a part of ``m`` images asks for in ``direction``
+    ('fwd', 'dx', 'dw'): the strided input's subsample (pw.x) and the channel-major copies
+    of small maps (pw.cm, and pw.cm2 for the weight gradient's second operand)."""
+    if is_dense(g):
+        return {}
+    p = g.out_hw[0] * g.out_hw[1]
+    sizes = {}
+    if direction != "dx" and g.stride != (1, 1):
+        sizes["pw.x"] = m * c * p
+    if p < _CM_PIXELS and m > 1:
+        if direction == "fwd":
+            sizes["pw.cm"] = c * m * p
+        else:
+            sizes["pw.cm"] = k * m * p
+            if direction == "dw":
+                sizes["pw.cm2"] = c * m * p
+    return sizes
+
+
 def _sub(x, g: ConvGeometry, lo: int, hi: int, part: int, tag: str) -> np.ndarray:
     """x[lo:hi] read at the stride: [m, C, Ho, Wo] (a view when the stride is 1)."""
     from cnncli.ops import _threads

@@ -54,6 +54,42 @@ def weights_from_domain(dut: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(d9.reshape(3, 3, c, k).transpose(3, 2, 0, 1))
 
 
+def conv_workspaces(c: int, k: int, h: int, wd: int, m: int, itemsize: int,
+                    chunk_bytes: int) -> dict[str, int]:
+    """Workspace tag -> elements of winograd_conv for ``m`` images, C -> K channels, an
+    output of h x wd (before any fused pooling): the input plane and the V and M bands."""
+    th, tw = (h + 1) // 2, (wd + 1) // 2
+    per_image = 16 * c * th * tw * itemsize
+    nb = int(max(1, min(m, chunk_bytes // per_image)))
+    # an image too large for one chunk is cut into bands of tile rows
+    bands = -(-per_image // chunk_bytes)
+    nti = th if bands <= 1 else max(1, th // bands)
+    return _bands(c, k, th, tw, nb * nti * tw)
+
+
+def _bands(c: int, k: int, th: int, tw: int, band: int) -> dict[str, int]:
+    return {"wino.plane": (2 * th + 2) * (2 * tw + 2), "wino.v": 16 * (c * band + _SKEW),
+            "wino.m": 16 * (k * band + _SKEW)}
+
+
+def weight_grad_workspaces(c: int, k: int, h: int, wd: int, m: int,
+                           tiles_per_chunk: int) -> dict[str, int]:
+    """Workspace tag -> elements of winograd_weight_grad for x [m, C, h, wd], K filters."""
+    th, tw = (h + 1) // 2, (wd + 1) // 2
+    if th * tw >= tiles_per_chunk:
+        nb, nti = 1, max(1, min(th, tiles_per_chunk // tw))
+    else:
+        nb, nti = max(1, min(m, tiles_per_chunk // (th * tw))), th
+    return _bands(c, k, th, tw, nb * nti * tw)
+
+
+def _buffers(sizes: dict[str, int], part: int, dtype):
+    from cnncli.ops import _threads
+
+    return tuple(_threads.workspace(tag, part, sizes[tag], dtype)
+                 for tag in ("wino.plane", "wino.v", "wino.m"))
+
+
 def winograd_conv(src: np.ndarray, u: np.ndarray, bias: np.ndarray, relu: bool,
                   y: np.ndarray, n0: int, m: int, strides: tuple[int, int, int],
                   part: int, pool_idx: np.ndarray | None = None,
@@ -67,7 +103,6 @@ def winograd_conv(src: np.ndarray, u: np.ndarray, bias: np.ndarray, relu: bool,
     ReLU and a 2x2 stride-2 max pooling (kern.winograd_output_pool): y is then
     [N, K, H/2, W/2] for an even H and W, and the windows' winners go to pool_idx."""
     from cnncli.ops import _kernels as kern
-    from cnncli.ops import _threads
 
     k, c = u.shape[1], u.shape[2]
     h, wd = y.shape[2], y.shape[3]
@@ -80,10 +115,8 @@ def winograd_conv(src: np.ndarray, u: np.ndarray, bias: np.ndarray, relu: bool,
     # an image too large for one chunk is cut into bands of tile rows
     bands = -(-per_image // chunk_bytes)
     nti = th if bands <= 1 else max(1, th // bands)
-    band = nb * nti * tw
-    plane = _threads.workspace("wino.plane", part, (2 * th + 2) * (2 * tw + 2), y.dtype)
-    v_buf = _threads.workspace("wino.v", part, 16 * (c * band + _SKEW), y.dtype)
-    m_buf = _threads.workspace("wino.m", part, 16 * (k * band + _SKEW), y.dtype)
+    plane, v_buf, m_buf = _buffers(conv_workspaces(c, k, h, wd, m, y.itemsize, chunk_bytes),
+                                   part, y.dtype)
     ns, cs, rs = strides
     for a in range(0, m, nb):
         mb = min(nb, m - a)
@@ -113,7 +146,6 @@ def winograd_weight_grad(x: np.ndarray, dz: np.ndarray, part: int,
     dU[e]^T += V[e] @ DM[e]; finally dW = G^T dU G. Adds dz's channel sums to ``db``
     (float64 [K]) when given. Serial, with the workspaces of ``part``."""
     from cnncli.ops import _kernels as kern
-    from cnncli.ops import _threads
 
     m, c, h, wd = x.shape
     k = dz.shape[1]
@@ -123,10 +155,8 @@ def winograd_weight_grad(x: np.ndarray, dz: np.ndarray, part: int,
         nb, nti = 1, max(1, min(th, tiles_per_chunk // tw))
     else:
         nb, nti = max(1, min(m, tiles_per_chunk // tiles)), th
-    band = nb * nti * tw
-    plane = _threads.workspace("wino.plane", part, (2 * th + 2) * (2 * tw + 2), x.dtype)
-    v_buf = _threads.workspace("wino.v", part, 16 * (c * band + _SKEW), x.dtype)
-    m_buf = _threads.workspace("wino.m", part, 16 * (k * band + _SKEW), x.dtype)
+    plane, v_buf, m_buf = _buffers(weight_grad_workspaces(c, k, h, wd, m, tiles_per_chunk),
+                                   part, x.dtype)
     dut = np.empty((16, c, k), dtype=x.dtype)
     dut_tmp = np.empty_like(dut)
     dbv = db if db is not None else np.empty(0, dtype=np.float64)
