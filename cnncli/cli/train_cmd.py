@@ -43,6 +43,11 @@ class _Progress:
     def on_note(self, d: dict[str, Any]) -> None:
         info(d["text"])
 
+    def on_compiling(self, d: dict[str, Any]) -> None:
+        from cnncli.jit import COMPILING_NOTE
+
+        info(COMPILING_NOTE)
+
     def on_autotune(self, d: dict[str, Any]) -> None:
         info(f"autotune: {d['convs']} convolutions planned from timings "
              f"({d['timed']} timed now, {d['convs'] - d['timed']} from the cache)")

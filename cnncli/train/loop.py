@@ -312,9 +312,31 @@ class _Trainer:
         self.monitor = "val_accuracy" if self.splits.val is not None else "train_loss"
         self.stopped_early = False
         self.first_batch_time: float | None = None  # wall clock, for start-up benchmarks
+        self._announce_compiling()
         self._plot_at, self._plot_cost, self._plotted = time.perf_counter(), 0.0, 0  # curves
 
     # -- setup ----------------------------------------------------------------------------
+
+    def _announce_compiling(self) -> None:
+        """Say so (a "compiling" event) when a training step has kernels to compile: a
+        throw-away model with the same plan finds them (cnncli.jit); cached ones load now."""
+        from cnncli import jit
+        from cnncli.data.dataset import batches
+        from cnncli.engine.model import Model
+
+        def step() -> None:
+            model = Model(self.model.network, dtype=self.model.dtype,
+                          rng=np.random.default_rng(0), options=self.model.options)
+            if getattr(self.model, "_algos", None) is not None:
+                model.replan(algos=self.model._algos)
+            xb, _ = next(batches(self.splits.train, 2, shuffle=False))
+            out = model.forward(xb, training=True, logits=self.config.loss == "cross_entropy")
+            model.backward(np.ones_like(out), input_grad=False)
+
+        missing = jit.not_ready(jit.discover(step))
+        if missing:
+            self.emit("compiling", {"kernels": len(missing)})
+
 
     def _open(self, spec_source: Any, out: str | Path, resume: str | Path | None,
               epochs: int | None, overwrite: bool, inputs: Inputs) -> None:
