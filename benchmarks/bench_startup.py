@@ -42,16 +42,19 @@ ROOT = Path(__file__).resolve().parents[1]
 KERNEL_PROBE = r"""
 import sys, time
 from numba.core import event
-starts, rows = {}, []
+starts, rows, depth = {}, [], [0]
 class Probe(event.Listener):
     def on_start(self, ev):
         starts[id(ev.data["dispatcher"]), str(ev.data["args"])] = time.perf_counter()
+        depth[0] += 1
     def on_end(self, ev):
+        depth[0] -= 1
         d = ev.data["dispatcher"]
         t = time.perf_counter() - starts.pop((id(d), str(ev.data["args"])))
         if d.py_func.__module__.startswith("cnncli"):
             arrays = str(ev.data["args"]).count("Array(")
-            rows.append((t, d.py_func.__module__ + "." + d.py_func.__name__, arrays))
+            rows.append((t, d.py_func.__module__ + "." + d.py_func.__name__, arrays,
+                         depth[0]))
 event.register("numba:compile", Probe())
 from cnncli.cli.main import main
 sys.argv = ["cnn"] + sys.argv[1:]
@@ -59,8 +62,9 @@ try:
     main()
 except SystemExit:
     pass
-for t, name, arrays in sorted(rows, reverse=True):
-    print(f"KERNEL {t:.3f} {name} ({arrays} array args)", file=sys.stderr)
+for t, name, arrays, level in sorted(rows, reverse=True):
+    inner = ", called by another kernel: included in its time" if level else ""
+    print(f"KERNEL {t:.3f} {name} ({arrays} array args{inner})", file=sys.stderr)
 """
 
 
@@ -109,7 +113,7 @@ def kernels(tmp: Path) -> None:
                               capture_output=True, text=True)
         wall = time.time() - t0
         rows = [ln[7:] for ln in proc.stderr.splitlines() if ln.startswith("KERNEL ")]
-        total = sum(float(r.split()[0]) for r in rows)
+        total = sum(float(r.split()[0]) for r in rows if "called by" not in r)
         print(f"\n{label}: {len(rows)} kernel compiles, {total:.2f} s of {wall:.2f} s wall")
         for r in rows:
             print(f"  {r}")

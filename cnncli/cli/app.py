@@ -41,15 +41,31 @@ def _light_coercion() -> None:
             if isinstance(value, kind):
                 return value
             try:
-                return kind(value)
+                value = kind(value)
             except (TypeError, ValueError) as exc:
                 raise typer.BadParameter(f"{value!r} is not a valid {kind.__name__}",
                                          ctx=ctx, param=param) from exc
+            info = self.parameter_info
+            low, high = getattr(info, "min", None), getattr(info, "max", None)
+            if (low is not None and value < low) or (high is not None and value > high):
+                bounds = " and ".join(f"x{op}{b}" for op, b in ((">=", low), ("<=", high))
+                                      if b is not None)
+                raise typer.BadParameter(f"{value} is not in the range {bounds}.",
+                                         ctx=ctx, param=param)
+            return value
+
+    # other constraints typer checks in its own coercion: parameters with any keep it
+    checks = {"clamp": False, "exists": False, "file_okay": True,
+              "dir_okay": True, "writable": False, "readable": True, "resolve_path": False}
+
+    def plain(info) -> bool:  # noqa: ANN001
+        return all(getattr(info, k, v) == v for k, v in checks.items())
 
     def build(descriptor):  # noqa: ANN001, ANN202
         kind = descriptor.annotation
         if (descriptor.file_annotation is None and isinstance(kind, type)
-                and (kind in simple or issubclass(kind, Enum))):
+                and (kind in simple or issubclass(kind, Enum))
+                and plain(descriptor.parameter_info)):
             return _Plain(annotation=kind, parameter_info=descriptor.parameter_info)
         return original(descriptor)
 
