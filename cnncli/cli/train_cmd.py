@@ -25,9 +25,12 @@ from cnncli.errors import CnnError, ExitCode, interrupt_exit_code
 DEFAULT_DATA = Path("sample_data/mnist")
 
 
+_PLURALS = {"epoch": "epochs", "batch": "batches"}
+
+
 def _count(n: int, noun: str) -> str:
     """``1 epoch``, ``20 epochs``, ``1 batch``, ``63 batches``."""
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}{'es' if noun.endswith('ch') else 's'}"
+    return f"{n} {noun if n == 1 else _PLURALS[noun]}"
 
 
 class _Progress:
