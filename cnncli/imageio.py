@@ -101,14 +101,18 @@ def read_image(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     rgbx: bool = False,
     bomb_hint: str = "",
+    data: bytes | None = None,
 ) -> tuple[np.ndarray, ImageMeta]:
     """Decode ``path`` into (pixels, meta); raises :class:`ImageReadError` for bad files.
 
     ``rgbx``: RGB pixels as a read-only (H, W, 3) view of an (H, W, 4) buffer (see the module
     docstring); otherwise every array is a writable C-contiguous copy. ``bomb_hint`` is
-    added to the too-many-pixels reason (how to raise the limit).
+    added to the too-many-pixels reason (how to raise the limit). ``data``: the file's bytes,
+    read elsewhere (``cnn augment --transfer`` ships them to a worker without the file
+    system); ``path`` then only names the file.
     """
-    return _decode(path, max_pixels, bomb_hint, lambda im, meta: _to_array(im, meta, rgbx=rgbx))
+    return _decode(path, max_pixels, bomb_hint, lambda im, meta: _to_array(im, meta, rgbx=rgbx),
+                   data=data)
 
 
 def load_image(
@@ -158,12 +162,16 @@ def _decode(
     max_pixels: int,
     bomb_hint: str,
     convert: Callable[[Any, ImageMeta], np.ndarray],
+    data: bytes | None = None,
 ) -> tuple[np.ndarray, ImageMeta]:
-    """Open, check, decode and orient ``path``; ``convert(image, meta)`` makes the array."""
+    """Open, check, decode and orient ``path`` (or its bytes ``data``); ``convert(image,
+    meta)`` makes the array."""
+    import io
+
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
-        fh = open_regular(path, "file")
+        fh = io.BytesIO(data) if data is not None else open_regular(path, "file")
     except FileReadError as exc:
         reason = exc.reason
         if reason == "file not found" and os.path.islink(path):
@@ -213,7 +221,8 @@ def _decode(
 def _png_bit_depth(fh: Any) -> int | None:
     """The IHDR bit depth, read at offset 24 without moving the decoder's file position."""
     try:
-        head = os.pread(fh.fileno(), 26, 0)
+        head = bytes(fh.getbuffer()[:26]) if hasattr(fh, "getbuffer") else \
+            os.pread(fh.fileno(), 26, 0)
     except (OSError, AttributeError):
         return None
     if len(head) == 26 and head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":

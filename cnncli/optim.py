@@ -84,6 +84,8 @@ class Optimizer:
     BUFFERS: ClassVar[tuple[str, ...]] = ()
     #: Hyperparameters besides lr, as attributes named like ``make_optimizer``'s keywords.
     SETTINGS: ClassVar[tuple[str, ...]] = ()
+    #: Scratch arrays per parameter (``_tmp``), allocated on the first step and kept.
+    SCRATCH: ClassVar[int] = 2
     weight_decay: float = 0.0
 
     def __init__(self, lr: float) -> None:
@@ -130,6 +132,16 @@ class Optimizer:
 
     def _update(self, name: str, p: np.ndarray, g: np.ndarray) -> None:
         raise NotImplementedError
+
+    def scratch_used(self) -> int:
+        """How many of the SCRATCH arrays a step writes (so the OS gives them pages): the
+        second always, the first only for coupled L2 decay (``_with_l2``)."""
+        return 2 if self.weight_decay and not getattr(self, "DECOUPLED", False) else 1
+
+    def state_buffers(self) -> int:
+        """How many of ``BUFFERS`` these settings fill per parameter (the memory
+        estimate, ``cnn shapes --memory``)."""
+        return len(self.BUFFERS)
 
     # -- state -------------------------------------------------------------------------
 
@@ -210,6 +222,9 @@ class SGD(Optimizer):
             _check(self.momentum > 0, n, "nesterov needs momentum > 0", momentum)
             _check(self.dampening == 0, n, "nesterov needs dampening 0", dampening)
 
+    def state_buffers(self) -> int:
+        return 1 if self.momentum else 0
+
     def _update(self, name: str, p: np.ndarray, g: np.ndarray) -> None:
         s1, s2 = self._tmp(name, p, 2)
         g = self._with_l2(p, g, s1)
@@ -275,6 +290,9 @@ class Adam(Optimizer):
         _check(0 <= self.beta2 < 1, n, "beta2 must be in [0, 1)", beta2)
         _check(self.eps >= 0, n, "eps must be >= 0", eps)
         _check(self.weight_decay >= 0, n, "weight_decay must be >= 0", weight_decay)
+
+    def state_buffers(self) -> int:
+        return 3 if self.amsgrad else 2
 
     def _update(self, name: str, p: np.ndarray, g: np.ndarray) -> None:
         s1, s2 = self._tmp(name, p, 2)
@@ -349,6 +367,9 @@ class RMSprop(Optimizer):
         _check(self.eps >= 0, n, "eps must be >= 0", eps)
         _check(self.weight_decay >= 0, n, "weight_decay must be >= 0", weight_decay)
         _check(self.momentum >= 0, n, "momentum must be >= 0", momentum)
+
+    def state_buffers(self) -> int:
+        return 1 + bool(self.centered) + (self.momentum > 0)
 
     def _update(self, name: str, p: np.ndarray, g: np.ndarray) -> None:
         s1, s2 = self._tmp(name, p, 2)

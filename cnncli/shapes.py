@@ -29,7 +29,7 @@ def _rf(node: Node) -> tuple[Any, Any]:
     return size, jump
 
 
-def layer_row(node: Node) -> dict[str, Any]:
+def layer_row(node: Node, frozen: bool = False) -> dict[str, Any]:
     weights = sum(prod(s) for k, s in node.params.items() if k != "bias")
     biases = sum(prod(s) for k, s in node.params.items() if k == "bias")
     rf, jump = _rf(node)
@@ -44,6 +44,9 @@ def layer_row(node: Node) -> dict[str, Any]:
         "weights": weights,
         "biases": biases,
         "non_trainable": sum(prod(s) for s in node.buffers.values()),
+        "frozen": frozen,
+        "trainable_params": 0 if frozen else weights + biases,
+        "frozen_params": weights + biases if frozen else 0,
         "macs": node.macs,
         "receptive_field": rf,
         "jump": jump,
@@ -53,12 +56,26 @@ def layer_row(node: Node) -> dict[str, Any]:
     }
 
 
-def shape_report(network: Network, batch: int = 1) -> dict[str, Any]:
-    """The whole report as JSON-ready data (see README for the fields)."""
-    rows = [layer_row(n) for n in network.rows()]
-    trainable = sum(r["params"] for r in rows)
-    non_trainable = sum(r["non_trainable"] for r in rows)
+def shape_report(network: Network, batch: int = 1, freeze: tuple[str, ...] = (),
+                 optimizer: str | None = None) -> dict[str, Any]:
+    """The whole report as JSON-ready data (see README for the fields). ``freeze``: layer
+    paths (dotted prefixes) frozen on top of the spec's ``trainable: false``; frozen
+    parameters count as non-trainable, as Keras counts them. ``optimizer`` (sgd, adam, ...):
+    add the training memory per row and in ``totals["memory"]`` (cnncli.memory)."""
+    from cnncli.freeze import check_freeze_names, frozen_paths
+
+    check_freeze_names(network.nodes, freeze)
+    frozen = frozen_paths(network.nodes, freeze)
+    rows = [layer_row(n, n.path in frozen) for n in network.rows()]
+    frozen_params = sum(r["frozen_params"] for r in rows)
+    trainable = sum(r["params"] for r in rows) - frozen_params
+    non_trainable = sum(r["non_trainable"] for r in rows) + frozen_params
     macs = sum(r["macs"] for r in rows)
+    memory = None
+    if optimizer is not None:
+        from cnncli.memory import memory_rows
+
+        memory = {"batch": batch, **memory_rows(network, rows, batch, optimizer)}
     act_values = sum(r["activation_values"] for r in rows)
     return {
         "name": network.spec.name,
@@ -70,6 +87,7 @@ def shape_report(network: Network, batch: int = 1) -> dict[str, Any]:
             "params": trainable + non_trainable,
             "trainable_params": trainable,
             "non_trainable_params": non_trainable,
+            "frozen_params": frozen_params,
             "macs": macs,
             "flops": 2 * macs,
             "param_bytes": (trainable + non_trainable) * BYTES_PER_VALUE,
@@ -79,6 +97,7 @@ def shape_report(network: Network, batch: int = 1) -> dict[str, Any]:
             "activation_bytes_batch": act_values * BYTES_PER_VALUE * batch,
             "bytes_per_value": BYTES_PER_VALUE,
             "convention": MAC_CONVENTION,
+            **({"memory": memory} if memory is not None else {}),
         },
         "warnings": list(network.warnings),
         "notes": list(network.notes),
@@ -86,8 +105,10 @@ def shape_report(network: Network, batch: int = 1) -> dict[str, Any]:
 
 
 def shapes(
-    source: str | Path | dict | Spec, input_shape: Shape | None = None, batch: int = 1
+    source: str | Path | dict | Spec, input_shape: Shape | None = None, batch: int = 1,
+    freeze: tuple[str, ...] = (), optimizer: str | None = None,
 ) -> dict[str, Any]:
     """Load (if needed), resolve and report: the one call behind ``cnn shapes``."""
     spec = source if isinstance(source, Spec) else load_spec(source, input_shape=input_shape)
-    return shape_report(resolve(spec, input_shape), batch=batch)
+    return shape_report(resolve(spec, input_shape), batch=batch, freeze=freeze,
+                        optimizer=optimizer)

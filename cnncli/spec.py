@@ -216,8 +216,10 @@ class _Builder:
                     layer=path,
                 )
             self.paths[path] = entry_line
+            trainable = _trainable(params, entry_line, path, cls.type)
             cfg = self._check(cls, params, entry_line, path)
             layer = cls(str(name), cfg, line=entry_line, path=path)
+            layer.trainable = trainable
             if layer.is_block:
                 layer.build(self.build)
             out.append(layer)
@@ -281,6 +283,19 @@ class _Builder:
                     f"({cls.type}) {exc}", line=key_lines.get(p.name, line), layer=path
                 ) from None
         return cfg
+
+
+def _trainable(params: dict, line: int | None, path: str, kind: str) -> bool:
+    """Pop the ``trainable`` key every layer and block accepts (default true): false
+    freezes the layer's parameters, or every layer inside the block."""
+    if "trainable" not in params:
+        return True
+    value = params.pop("trainable")
+    if not isinstance(value, bool):
+        where = params.get("__lines__", {}).get("trainable", line)
+        raise SpecError(f"({kind}) 'trainable' must be true or false, got {value!r}",
+                        line=where, layer=path)
+    return value
 
 
 def resolve(spec: Spec, input_shape: Shape | None = None) -> Network:

@@ -3,7 +3,8 @@
 :func:`run` walks the input (sorted, hidden entries ignored, symlinked folders followed once:
 a link back to an ancestor is skipped and reported), plans deterministic output names
 (``<stem>_<i><ext>`` next to where the source sits), and processes one source per task, in
-this process (``workers=1``) or in a pool of processes. The outputs of source ``rel`` draw,
+this process (``workers=1``), in a pool of processes, or on a Dask cluster
+(``executor="dask"``: :mod:`cnncli.augment.dask_run`). The outputs of source ``rel`` draw,
 in index order, from one generator::
 
     numpy.random.default_rng(SeedSequence(seed, spawn_key=sha256(rel)[:16] as 4 uint32))
@@ -69,6 +70,7 @@ MANIFEST_CSV = "manifest.csv"
 MANIFEST_JSONL = "manifest.jsonl"
 PIPELINE_FILE = "pipeline.yaml"
 FORMATS = ("keep", "png", "jpg")
+EXECUTORS = ("local", "dask")
 
 Progress = Callable[[int, int, str], None]  # (sources finished, sources in total, last source)
 
@@ -86,6 +88,10 @@ class RunSettings:
     overwrite: bool = False
     dry_run: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
+    executor: str = "local"  # local (this machine's processes) | dask (a Dask cluster)
+    address: str | None = None  # dask: the scheduler (tcp://HOST:8786); None: see dask_run
+    scheduler_file: str | None = None  # dask: a scheduler file instead of an address
+    transfer: bool = False  # dask: workers return encoded bytes, this process writes them
 
     def __post_init__(self) -> None:
         checks = [
@@ -99,6 +105,13 @@ class RunSettings:
             (1 <= self.quality <= 100, f"--quality must be in 1..100, got {self.quality}"),
             (0 <= self.png_level <= 9, f"--png-level must be in 0..9, got {self.png_level}"),
             (self.max_pixels >= 1, f"--max-pixels must be positive, got {self.max_pixels}"),
+            (self.executor in EXECUTORS, f"--executor must be one of {', '.join(EXECUTORS)}, "
+                                         f"got {self.executor!r}"),
+            (self.executor == "dask" or not (self.address or self.scheduler_file
+                                              or self.transfer),
+             "--address, --scheduler-file and --transfer need --executor dask"),
+            (not (self.address and self.scheduler_file),
+             "give only one of --address and --scheduler-file"),
         ]
         for ok, message in checks:
             if not ok:
@@ -134,6 +147,7 @@ class SourceResult:
     records: list[OutputRecord] = field(default_factory=list)
     failure: str | None = None
     warnings: list[str] = field(default_factory=list)
+    files: list[tuple[str, bytes]] = field(default_factory=list)  # (output, bytes) to write
 
 
 @dataclass
@@ -355,9 +369,6 @@ def _init_worker(ctx: _Context) -> None:
 
     global _CTX
     _CTX = ctx
-    from cnncli.augment import functional
-
-    functional.PACKED.set(ctx.packed)  # the worker's main thread runs every task
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the parent's handler raises; a worker dies
 
@@ -367,12 +378,29 @@ def _work(source: Source) -> SourceResult:
     return process_source(source, _CTX)
 
 
-def process_source(source: Source, ctx: _Context) -> SourceResult:
-    """Read one source, write its ``n`` outputs; failures are returned, never raised."""
+def process_source(source: Source, ctx: _Context, *, data: bytes | None = None,
+                   collect: bool = False) -> SourceResult:
+    """Read one source, write its ``n`` outputs; failures are returned, never raised.
+
+    ``data``: the source file's bytes, read by the caller; ``collect``: keep the encoded
+    outputs in ``result.files`` instead of writing them (``--transfer``: the driver writes).
+    """
+    from cnncli.augment import functional
+
+    token = functional.PACKED.set(ctx.packed)  # in worker processes too
+    try:
+        return _process_source(source, ctx, data, collect)
+    finally:
+        functional.PACKED.reset(token)
+
+
+def _process_source(source: Source, ctx: _Context, data: bytes | None,
+                    collect: bool) -> SourceResult:
     result = SourceResult(source.rel)
     st = ctx.settings
     try:
-        pixels, meta = read_image(source.path, max_pixels=st.max_pixels, rgbx=ctx.packed)
+        pixels, meta = read_image(source.path, max_pixels=st.max_pixels, rgbx=ctx.packed,
+                                  data=data)
     except ImageReadError as exc:
         result.failure = exc.reason
         return result
@@ -381,7 +409,7 @@ def process_source(source: Source, ctx: _Context) -> SourceResult:
     ext = Path(source.rel).suffix.lower()
     fmt = output_format(WRITE_FORMATS.get(ext, meta.format), st.out_format)
     try:
-        if source.outputs:
+        if source.outputs and not collect:
             (ctx.out_root / source.outputs[0]).parent.mkdir(parents=True, exist_ok=True)
         rng = source_rng(st.seed, source.rel)
         sampled = [ctx.pipeline.sample(rng, shape) for _ in source.outputs]  # type: ignore[arg-type]
@@ -396,10 +424,13 @@ def process_source(source: Source, ctx: _Context) -> SourceResult:
                 encode_image(img, meta, fmt, quality=st.quality, png_level=st.png_level)
                 for img in imgs
             ]
-            for index, img, data in zip(range(start, stop), imgs, blobs, strict=True):
+            for index, img, blob in zip(range(start, stop), imgs, blobs, strict=True):
                 out_rel = source.outputs[index]
-                # Made durable once per run (sync_filesystem), not per file: see run().
-                atomic_write_bytes(ctx.out_root / out_rel, data, "output", fsync=False)
+                if collect:
+                    result.files.append((out_rel, blob))
+                else:
+                    # Made durable once per run (sync_filesystem), not per file: see run().
+                    atomic_write_bytes(ctx.out_root / out_rel, blob, "output", fsync=False)
                 h, w = int(img.shape[0]), int(img.shape[1])
                 result.records.append(
                     OutputRecord(out_rel, source.rel, index, w, h, sampled[index])
@@ -590,8 +621,6 @@ def _run_locked(summary: Summary, sources: list[Source], out_path: Path, pipelin
                 settings: RunSettings, workers: int, progress: Progress | None,
                 on_note: Callable[[str], None] | None = None) -> None:
     """Process every source into the (locked) output folder, then write the manifests."""
-    from cnncli.augment import functional
-
     outputs = sum(len(s.outputs) for s in sources)
     packed, compiling = choose_kernels(outputs)
     if compiling and on_note is not None:
@@ -604,9 +633,12 @@ def _run_locked(summary: Summary, sources: list[Source], out_path: Path, pipelin
         workers = max(1, min(workers, outputs // OUTPUTS_PER_WORKER))
     summary.workers = workers
     results: list[SourceResult] = []
-    token = functional.PACKED.set(packed)
     try:
-        if workers == 1:
+        if settings.executor == "dask":
+            from cnncli.augment.dask_run import run_on_dask
+
+            summary.workers = run_on_dask(sources, ctx, results, progress, workers)
+        elif workers == 1:
             for i, s in enumerate(sources, 1):
                 results.append(process_source(s, ctx))
                 if progress:
@@ -625,10 +657,9 @@ def _run_locked(summary: Summary, sources: list[Source], out_path: Path, pipelin
     except KeyboardInterrupt:  # Ctrl-C, and SIGTERM in the CLI (errors.Terminated)
         # Workers are gone (the pool terminates them); keep what finished, drop half-writes.
         _remove_temp_files(out_path)
+        _remove_unlisted_outputs(out_path, sources, results)
         _finish(summary, results, out_path, pipeline)
         raise
-    finally:
-        functional.PACKED.reset(token)
     _finish(summary, results, out_path, pipeline)
 
 
@@ -674,6 +705,19 @@ def write_manifests(out: Path, records: list[OutputRecord]) -> None:
     atomic_write_bytes(
         out / MANIFEST_JSONL, ("\n".join(lines) + ("\n" if lines else "")).encode("utf-8"),
         "manifest")
+
+
+def _remove_unlisted_outputs(out: Path, sources: list[Source],
+                             results: list[SourceResult]) -> None:
+    """After an interrupt, remove the outputs that no manifest row will list: those of a
+    source cut off half-way, and those a worker finished whose result never reached us. What
+    is left on disk is then exactly what the manifests list."""
+    listed = {r.output for res in results for r in res.records}
+    for s in sources:
+        for rel in s.outputs:
+            if rel not in listed:
+                with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+                    os.unlink(out / rel)
 
 
 def _remove_temp_files(out: Path) -> None:

@@ -21,7 +21,8 @@ _EPILOG = (
     "Examples: cnn augment ./images --out ./augmented -n 5 --seed 0 | "
     "cnn augment digits/ --out aug/ --preset digits -n 10 | "
     'cnn augment photos/ --out aug/ --ops "flip,rotate=15,crop=0.8,brightness=0.2" --format jpg | '
-    "cnn augment --list-ops"
+    "cnn augment --list-ops | "
+    "cnn augment photos/ --out aug/ --executor dask --address tcp://HOST:8786"
 )
 
 
@@ -69,6 +70,20 @@ def augment(
     max_pixels: Annotated[
         int, typer.Option("--max-pixels", help="Refuse images with more pixels (bomb guard).")
     ] = 89_478_485,
+    executor: Annotated[
+        str, typer.Option("--executor", help="local (this machine's processes) or dask (a Dask cluster: --address, --scheduler-file, DASK_SCHEDULER_ADDRESS, else a local one of --workers processes).")
+    ] = "local",
+    address: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--address", help="Dask scheduler, e.g. tcp://HOST:8786 (--executor dask)."),
+    ] = None,
+    scheduler_file: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--scheduler-file", help="Dask scheduler file (dask scheduler --scheduler-file F)."),
+    ] = None,
+    transfer: Annotated[
+        bool, typer.Option("--transfer", help="Dask workers share no file system: send the sources and write the outputs here.")
+    ] = False,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Check inputs and plan outputs; write nothing.")
     ] = False,
@@ -151,6 +166,10 @@ def augment(
         overwrite=overwrite,
         dry_run=dry_run,
         max_pixels=max_pixels,
+        executor=executor.lower(),
+        address=address,
+        scheduler_file=scheduler_file,
+        transfer=transfer,
     )
     from cnncli.augment.runner import MANIFEST_CSV, MANIFEST_JSONL, PIPELINE_FILE
 

@@ -82,15 +82,33 @@ def shapes_csv(report: dict[str, Any]) -> str:
 def totals_lines(report: dict[str, Any]) -> list[str]:
     t = report["totals"]
     b = t["batch"]
+    frozen = t.get("frozen_params", 0)
     return [
         f"Total params: {t['params']:,} (trainable {t['trainable_params']:,}, "
-        f"non-trainable {t['non_trainable_params']:,})",
+        f"non-trainable {t['non_trainable_params']:,}"
+        + (f", of which frozen {frozen:,}" if frozen else "") + ")",
         f"Multiply-adds: {t['macs']:,} ({human_count(t['macs'])}); "
         f"FLOPs: {t['flops']:,} ({human_count(t['flops'])}) [{t['convention']}]",
         f"Parameter memory: {human_bytes(t['param_bytes'])}; activations: "
         f"{human_bytes(t['activation_bytes_per_image'])} per image"
         + (f", {human_bytes(t['activation_bytes_batch'])} for batch {b}" if b != 1 else "")
         + f" (float32, {t['bytes_per_value']} bytes per value)",
+        *memory_lines(t.get("memory")),
+    ]
+
+
+def memory_lines(m: dict[str, Any] | None) -> list[str]:
+    """The training-memory totals (``cnn shapes --memory``), if computed."""
+    if not m:
+        return []
+    opt = m["optimizer"] + "".join(f", {k} {v:g}" for k, v in m["optimizer_settings"].items())
+    return [
+        f"Training memory ({opt}; batch {m['batch']}): parameters "
+        f"{human_bytes(m['param_bytes'])} + gradients {human_bytes(m['grad_bytes'])} + "
+        f"optimizer {human_bytes(m['optimizer_bytes'])} ({m['optimizer_buffers_per_param']} "
+        f"state + {m['optimizer_scratch_per_param']} scratch per parameter) + kept "
+        f"activations {human_bytes(m['kept_bytes'])} + backward transient "
+        f"{human_bytes(m['transient_bytes'])} = {human_bytes(m['total_bytes'])}",
     ]
 
 
@@ -125,20 +143,32 @@ def shapes_table(report: dict[str, Any], explain: bool = False):
     table.add_column("Type")
     table.add_column("Output", justify="right", no_wrap=True)
     table.add_column("Params", justify="right")
+    any_frozen = any(r.get("frozen") for r in report["layers"])
+    if any_frozen:  # trainable vs frozen, per row
+        table.add_column("Trainable", justify="right")
+        table.add_column("Frozen", justify="right")
     table.add_column("MACs", justify="right")
     table.add_column("RF", justify="right")
     table.add_column("Jump", justify="right")
+    mem = "kept_bytes" in (report["layers"] or [{}])[0]
+    if mem:  # --memory: bytes per row
+        for head in ("Param mem", "Grads", "Optimizer", "Kept acts"):
+            table.add_column(head, justify="right")
     for r in report["layers"]:
         typ = r["type"] + (f" ({r['detail']})" if r["detail"] else "")
         name = Text("  " * r["depth"] + r["name"])
+        counts = [f"{r['trainable_params']:,}", f"{r['frozen_params']:,}"] if any_frozen else []
         table.add_row(
             name,
             typ,
             shape_str(r["output"]),
             f"{r['params']:,}",
+            *counts,
             f"{r['macs']:,}",
             rf_str(r["receptive_field"]),
             rf_str(r["jump"]),
+            *([human_bytes(r[k]) for k in ("param_bytes", "grad_bytes", "optimizer_bytes",
+                                            "kept_bytes")] if mem else []),
         )
     parts = [table, Text("\n".join(totals_lines(report)))]
     if explain:

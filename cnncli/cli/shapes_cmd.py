@@ -42,6 +42,18 @@ def shapes(
             "--explain", "-e", help="Show each layer's formulas with the numbers filled in."
         ),
     ] = False,
+    freeze: Annotated[
+        str | None, typer.Option("--freeze", help="Count these layers (comma-separated dotted "
+                                 "paths or prefixes) as frozen, as cnn train --freeze does.")
+    ] = None,
+    memory: Annotated[
+        bool, typer.Option("--memory", "-m", help="Add training memory per layer and in total: "
+                           "parameters, gradients, optimizer state, kept activations.")
+    ] = False,
+    optimizer: Annotated[
+        str | None, typer.Option("--optimizer", help="Optimizer for --memory (sgd with momentum "
+                                 "0.9 as cnn train, adam, adamw, rmsprop); implies --memory.")
+    ] = None,
 ) -> None:
     """Every layer's output size, parameters, multiply-adds and receptive field."""
     from cnncli.cli import render
@@ -58,7 +70,12 @@ def shapes(
         source = load_onnx_spec(spec, input_shape=input_shape)
     else:
         source = load_spec(Path(spec), input_shape=input_shape)
-    report = compute(source, input_shape=input_shape, batch=batch)
+    from cnncli.freeze import parse_freeze
+
+    if memory and optimizer is None:
+        optimizer = "sgd"
+    report = compute(source, input_shape=input_shape, batch=batch, freeze=parse_freeze(freeze),
+                     optimizer=optimizer.strip().lower() if optimizer else None)
     if getattr(source, "onnx_dense_inputs", None):
         from cnncli.onnxio.importer import weight_warnings
 

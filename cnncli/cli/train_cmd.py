@@ -60,6 +60,20 @@ class _Progress:
         info(f"autotune: {d['convs']} convolutions planned from timings "
              f"({d['timed']} timed now, {d['convs'] - d['timed']} from the cache)")
 
+    def on_init_from(self, d: dict[str, Any]) -> None:
+        from rich.table import Table
+
+        t = Table(title=f"--init-from {d['source']}: {d['copied']} arrays copied, "
+                        f"{d['fresh']} left fresh, {d['skipped']} skipped (shape differs)"
+                        + (f", {d['unused']} of the checkpoint unused" if d["unused"] else ""),
+                  title_justify="left")
+        for col in ("layer", "status", "detail"):
+            t.add_column(col)
+        for layer, status, detail in d["rows"]:
+            t.add_row(layer, status, detail)
+        stderr.print(t)
+        info(f"normalisation: {d['normalizer']}")
+
     def on_data(self, d: dict[str, Any]) -> None:
         for w in d.get("warnings", ()):
             warn(w)
@@ -146,9 +160,16 @@ def train(
     format: Annotated[TableOrJson, typer.Option("--format", "-f", help="table or json (one object on stdout).")] = TableOrJson.table,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
     autotune: Annotated[bool | None, typer.Option("--autotune", help="Time each conv's candidate kernel paths once and train with the fastest (cached on disk).")] = None,
+    init_from: Annotated[Path | None, typer.Option("--init-from", help="Start from the weights of this run (folder: its best checkpoint) or checkpoint whose names and shapes match; optimizer, epochs and random streams start fresh.")] = None,
+    freeze: Annotated[str | None, typer.Option("--freeze", help="Keep these layers fixed: comma-separated dotted paths or prefixes, e.g. layer1,layer2.")] = None,
 ) -> None:
-    """Train a spec on a dataset and write a run folder (checkpoints, metrics, curves)."""
+    """Train a spec on a dataset and write a run folder (checkpoints, metrics, curves).
+
+    Under mpiexec -n P: data-parallel over P processes (rank 0 writes and reports).
+    """
     import json
+
+    comm = _mpi_world()
 
     from cnncli.spec import load_spec
     from cnncli.train.config import TrainConfig, resolve_config
@@ -157,7 +178,8 @@ def train(
     flags = {"epochs": epochs, "batch_size": batch_size, "optimizer": optimizer, "lr": lr,
              "momentum": momentum, "nesterov": nesterov, "weight_decay": weight_decay,
              "schedule": schedule, "warmup": warmup, "seed": seed, "val_split": val_split,
-             "patience": patience, "augment": augment, "autotune": autotune}
+             "patience": patience, "augment": augment, "autotune": autotune,
+             "init_from": None if init_from is None else str(init_from), "freeze": freeze}
     if resume is None:
         if arch is None:
             raise CnnError("give --arch SPEC.yaml (or --resume RUN)")
@@ -169,6 +191,8 @@ def train(
                            "shipped in the repository), is not here: run from the repository "
                            "folder or pass --data FOLDER_OR_NPZ")
         out_dir = out or Path("runs") / f"{arch.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+        if comm is not None:
+            out_dir = comm.bcast(out_dir)  # rank 0's clock names the run for every rank
     else:
         given = [f"--{k.replace('_', '-')}" for k, v in flags.items()
                  if v is not None and k != "epochs"]
@@ -198,7 +222,13 @@ def train(
         else:
             warn(f"{what} before the first epoch ended: nothing was saved (start again with "
                  "the same command)")
+        if comm is not None:
+            comm.abort(int(interrupt_exit_code(exc)))  # a rank may wait in a collective
         raise typer.Exit(int(interrupt_exit_code(exc))) from None
+    except Exception as exc:
+        if comm is not None and not getattr(exc, "all_ranks", False):
+            _fail_all(comm, exc)  # some ranks failed alone: the others must not wait for ever
+        raise
     finally:
         progress.close()
     summary = result.summary()
@@ -214,6 +244,36 @@ def train(
         + f"{summary['train_images_per_second']:,.0f} training images/s\n"
         f"checkpoint: {summary['checkpoint']}\nrun folder: {summary['run_dir']}",
         highlight=False)
+
+
+def _fail_all(comm: Any, exc: Exception) -> None:
+    """Report an error that only this rank raised (every rank prints its own), then end the
+    whole MPI job with its exit code."""
+    if isinstance(exc, CnnError):
+        stderr.quiet = False
+        from cnncli.cli.common import error
+
+        error(f"MPI rank {comm.rank}: {exc}")
+        comm.abort(int(exc.exit_code))
+    import traceback
+
+    traceback.print_exc()
+    comm.abort(1)
+
+
+def _mpi_world() -> Any:
+    """The MPI world under ``mpiexec -n P`` (P > 1; only rank 0 then prints), else None.
+    Read from the launcher's environment first: a plain run never imports mpi4py."""
+    from cnncli.train.dist import launched_size
+
+    if launched_size() == 1:
+        return None
+    from cnncli.train.dist import world
+
+    comm = world()
+    if comm.rank != 0:
+        stdout.quiet = stderr.quiet = True
+    return comm
 
 
 @app.command()

@@ -36,6 +36,9 @@ class _Run:
     #: Path of the leaf node whose input gradient nobody needs (set by
     #: ``Model.backward(..., input_grad=False)``): it may skip computing it.
     skip_input_grad: str | None = None
+    #: How many of the network's first top-level steps the backward pass skips whole
+    #: (they hold no trainable parameter and nobody needs the input gradient).
+    skip_head: int = 0
     #: Where parameter gradients go (the model's dict; a part's own dict when the batch
     #: is split over threads, summed afterwards).
     grads: dict[str, np.ndarray] | None = None
@@ -55,6 +58,11 @@ class _Run:
     @property
     def options(self) -> EngineOptions:
         return self.model.options
+
+    @property
+    def frozen(self) -> frozenset[str]:
+        """Paths of the frozen nodes: no parameter gradients; batchnorm in eval mode."""
+        return self.model.frozen
 
     def gather(self, key, value):
         """Every part's ``value`` for ``key``, in part order (just [value] when unsplit)."""
@@ -85,7 +93,10 @@ class _Run:
 
     def unrun(self, nodes: list[Node], dy: np.ndarray, caches: list) -> np.ndarray:
         timer, taps = self.timer, self.model.taps
-        for step, cache in zip(reversed(self.model.plan.steps(nodes)), reversed(caches)):
+        steps = self.model.plan.steps(nodes)
+        if self.skip_head and nodes is self.model.network.nodes:
+            steps, caches = steps[self.skip_head:], caches[self.skip_head:]
+        for step, cache in zip(reversed(steps), reversed(caches)):
             if taps and step.out_node.path in taps:  # the gradient arriving at its output
                 self.model.tapped_grads[step.out_node.path] = dy.copy()
             t0 = perf_counter() if timer is not None else 0.0
@@ -115,7 +126,12 @@ class Model:
         self.params: dict[str, np.ndarray] = {}
         self.buffers: dict[str, np.ndarray] = {}
         self.grads: dict[str, np.ndarray] = {}
+        self._param_node: dict[str, str] = {}  # parameter name -> its node's path
         self._init(network.nodes, rng, None)
+        from cnncli.freeze import frozen_paths
+
+        #: Paths of the frozen nodes (``trainable: false`` in the spec, or :meth:`freeze`).
+        self.frozen: frozenset[str] = frozen_paths(network.nodes)
         self._cache: list | None = None
         #: Set to a dict to record every node's output shape (N, ...) on the next forward.
         self.trace: dict[str, tuple[int, ...]] | None = None
@@ -161,8 +177,40 @@ class Model:
             self.state[node.path] = arrays
             for k in node.params:
                 self.params[f"{node.path}.{k}"] = arrays[k]
+                self._param_node[f"{node.path}.{k}"] = node.path
             for k in node.buffers:
                 self.buffers[f"{node.path}.{k}"] = arrays[k]
+
+    def freeze(self, names=()) -> None:
+        """Freeze the layers the spec marks ``trainable: false`` and every layer whose
+        dotted path is one of ``names`` or lies under one (``layer1`` freezes
+        ``layer1.0.conv1``); CnnError naming close paths for a name that matches none."""
+        from cnncli.freeze import check_freeze_names, frozen_paths
+
+        names = tuple(names)
+        check_freeze_names(self.network.nodes, names)
+        self.frozen = frozen_paths(self.network.nodes, names)
+        self.release()
+
+    @property
+    def trainable_params(self) -> dict[str, np.ndarray]:
+        """The parameters of the layers that are not frozen (what an optimizer updates)."""
+        frozen = self.frozen
+        return {k: v for k, v in self.params.items() if self._param_node[k] not in frozen}
+
+    def _idle_head(self) -> tuple[int, str | None]:
+        """(how many leading top-level steps hold no trainable parameter, the leaf after
+        them that receives their output alone): a training backward pass stops there."""
+        live = {self._param_node[k] for k in self.trainable_params}
+
+        def has_live(node: Node) -> bool:
+            return any(p == node.path or p.startswith(node.path + ".") for p in live)
+
+        top = self.plan.top
+        for i, step in enumerate(top):
+            if any(has_live(n) for n in (step.node, *step.covers)):
+                return i, _first_leaf([step.node])
+        return len(top), None
 
     def replan(self, options: EngineOptions | None = None, algos: dict | None = None) -> None:
         """Make the plan again (other options, or conv paths from the autotuner)."""
@@ -286,7 +334,9 @@ class Model:
             raise RuntimeError("backward() needs a forward() first")
         self.grads.clear()
         self.tapped_grads = {}
-        skip = None if input_grad else _first_leaf(self.network.nodes)
+        skip, head = None, 0
+        if not input_grad:
+            head, skip = self._idle_head()
         nodes = self.network.nodes
         runs, caches = self._runs, self._cache
         if len(runs) > 1:
@@ -294,7 +344,7 @@ class Model:
             for run in runs[1:]:
                 run.rendezvous = rdv
         for run in runs:
-            run.skip_input_grad = skip
+            run.skip_input_grad, run.skip_head = skip, head
             run.grads = {}
             run.timer = self.timer if run.part == 0 else None
         ranges = self._ranges_run

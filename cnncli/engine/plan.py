@@ -46,7 +46,7 @@ class Step:
         if node.layer.is_block:
             return node.layer.backward(node, dy, cache, state, run)
         local: dict[str, Any] = {}
-        dx = node.layer.backward(node, dy, cache, state, local)
+        dx = node.layer.backward(node, dy, cache, state, local, **_grad_kwargs(node, run))
         for k, g in local.items():
             run.grads[f"{node.path}.{k}"] = g
         return dx
@@ -89,14 +89,31 @@ class ConvBatchNormStep(Step):
         g_conv: dict[str, Any] = {}
         g_bn: dict[str, Any] = {}
         if kind == "separate":
-            dz = bn.layer.backward(bn, dy, c2, bs, g_bn)
-            dx = conv.layer.backward(conv, dz, c1, cs, g_conv)
+            dz = bn.layer.backward(bn, dy, c2, bs, g_bn, **_grad_kwargs(bn, run))
+            dx = conv.layer.backward(conv, dz, c1, cs, g_conv, **_grad_kwargs(conv, run))
         else:
             dx = conv.layer.backward_folded(conv, dy, c1, cs, bs, g_conv, g_bn)
+        frozen = getattr(run, "frozen", ())
         for node, grads in ((conv, g_conv), (bn, g_bn)):
+            if node.path in frozen:  # the folded (evaluation) backward computes both
+                continue
             for k, g in grads.items():
                 run.grads[f"{node.path}.{k}"] = g
         return dx
+
+
+def _grad_kwargs(node: Node, run: Any) -> dict[str, Any]:
+    """What a layer with parameters (``grad_options``) need not compute: the weight
+    gradients of a frozen node, the input gradient nobody reads (a first conv reads the
+    latter from the run context itself)."""
+    if not node.layer.grad_options:
+        return {}
+    kw = {}  # only what differs from the defaults (True, True)
+    if node.path in getattr(run, "frozen", ()):
+        kw["param_grads"] = False
+    if getattr(run, "skip_input_grad", None) == node.path:
+        kw["need_dx"] = False
+    return kw
 
 
 @dataclass

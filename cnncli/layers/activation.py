@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cnncli.layers.base import Context, Layer, Node, Param, Shape, number, pos_number, suggest
+from cnncli.layers.base import Context, Kept, Layer, Node, Param, Shape, number, pos_number, suggest
 from cnncli.layers.registry import register
 
 #: name -> {hyperparameter: default}. The single list of activations the spec accepts.
@@ -73,6 +73,19 @@ def active(act: Activation | None, node: Any, ctx: Any) -> Activation | None:
     return act
 
 
+def act_keeps(act: Activation | None) -> str | None:
+    """What ops.activations keeps for the derivative: 'y' (a reference to the output),
+    'x' (a copy of the input: leaky_relu with a negative slope, elu with alpha <= 0, where
+    y does not tell the branch) or None (no activation)."""
+    if act is None:
+        return None
+    name, hp = act
+    if (name == "leaky_relu" and hp.get("slope", 0.01) < 0) or (
+            name == "elu" and hp.get("alpha", 1.0) <= 0):
+        return "x"
+    return "y"
+
+
 def act_forward(act: Activation, x: Any) -> tuple[Any, Any]:
     from cnncli.ops import activations
 
@@ -114,6 +127,32 @@ class ActivationLayer(Layer):
     def backward(self, node: Node, dy: Any, cache: Any, state: dict, grads: dict) -> Any:
         act, inner = cache
         return dy if act is None else act_backward(act, dy, inner)
+
+    def kept(self, node: Node, itemsize: int, *, logits: bool = False) -> Kept:
+        if logits and self.type == "softmax":
+            return Kept(alias=True)  # returns x itself
+        if act_keeps(self.activation()) == "x":
+            return Kept(per_image=_values(node.in_shape) * itemsize)
+        return Kept(output=True)
+
+
+def _values(shape: Shape) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def act_kept(act: Activation | None, node: Any, out_shape: Shape, itemsize: int,
+             logits: bool) -> Kept:
+    """Kept for a layer's own ``activation:`` (conv, deconv, dense, residual): the output,
+    a copy of the pre-activation values, or nothing (none; a softmax skipped as logits)."""
+    if logits and act is not None and act[0] == "softmax":
+        act = None
+    keeps = act_keeps(act)
+    if keeps == "x":
+        return Kept(per_image=_values(out_shape) * itemsize)
+    return Kept(output=keeps == "y")
 
 
 def _fmt(shape: Shape) -> str:

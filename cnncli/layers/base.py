@@ -117,6 +117,21 @@ class Context:
         self.notes.append(self._where(layer) + message)
 
 
+@dataclass(frozen=True)
+class Kept:
+    """What a node's training forward keeps for its backward pass (``Layer.kept``): a
+    reference to its input and/or its output (arrays its neighbours may keep too, so the
+    memory estimate counts each array once), arrays of its own (bytes per image) and
+    batch-independent ones (per-channel statistics, bytes). ``alias``: the output is the
+    input itself or a view of it (flatten, a skipped softmax)."""
+
+    input: bool = False
+    output: bool = False
+    per_image: int = 0
+    fixed: int = 0
+    alias: bool = False
+
+
 class Layer:
     """Base class of every layer type. Subclasses set ``type``, ``params`` and the rules."""
 
@@ -127,12 +142,18 @@ class Layer:
     has_row: ClassVar[bool] = True
     #: Whether it is a container of other layers (residual, parallel, repeat, sequential).
     is_block: ClassVar[bool] = False
+    #: Whether ``backward`` takes the keywords ``param_grads`` (False: a frozen layer, skip
+    #: the weight-gradient work and return no parameter gradients) and ``need_dx`` (False:
+    #: nobody reads the input gradient; None may be returned). Layers with parameters do.
+    grad_options: ClassVar[bool] = False
 
     def __init__(self, name: str, cfg: dict[str, Any], *, line: int | None, path: str) -> None:
         self.name = name
         self.path = path
         self.line = line
         self.cfg = cfg
+        #: ``trainable: false`` in the spec (on this layer or a block around it): frozen.
+        self.trainable = True
         for p in self.params_spec:
             # ``type`` names the layer type itself; a ``type`` parameter (pooling) is ``mode``.
             setattr(self, "mode" if p.name == "type" else p.name, cfg[p.name])
@@ -160,6 +181,13 @@ class Layer:
 
     def backward(self, node: Node, dy: Any, cache: Any, state: dict[str, Any], grads: dict) -> Any:
         raise NotImplementedError
+
+    def kept(self, node: Node, itemsize: int, *, logits: bool = False) -> Kept:
+        """What ``forward`` keeps for ``backward`` in training (``itemsize``: bytes per
+        value; ``logits``: this node's softmax is skipped for the fused loss). It mirrors
+        the caches the forward builds; tests/engine/test_memory.py compares it with the
+        arrays the engine really holds. Default: nothing."""
+        return Kept()
 
     def describe(self) -> str:
         """Settings at a glance for report rows, e.g. '5x5/1, pad valid, tanh'."""
@@ -336,7 +364,12 @@ def choice(*options: str):
     return check
 
 
-def suggest(word: str, options) -> str:
-    """' (did you mean X?)' for the closest option, or ''."""
-    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""
+def suggest(word: str, options, n: int = 1, cutoff: float = 0.6) -> str:
+    """' (did you mean X?)' for the closest option (up to ``n`` of them), or ''."""
+    close = difflib.get_close_matches(word, list(options), n=n, cutoff=cutoff)
+    if not close:
+        return ""
+    if len(close) == 1:
+        return f" (did you mean '{close[0]}'?)"
+    quoted = [f"'{c}'" for c in close]
+    return f" (did you mean {', '.join(quoted[:-1])} or {quoted[-1]}?)"

@@ -10,10 +10,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from cnncli.layers.activation import act_backward, act_forward, activation_param, describe
+from cnncli.layers.activation import (
+    act_backward,
+    act_forward,
+    act_kept,
+    activation_param,
+    describe,
+)
 from cnncli.layers.base import (
     RF,
     Context,
+    Kept,
     Layer,
     Node,
     Param,
@@ -163,6 +170,11 @@ class Residual(Block):
             return s, (cb, cs, None)
         y, ca = act_forward(act, s)
         return y, (cb, cs, ca)
+
+    def kept(self, node: Node, itemsize: int, *, logits: bool = False) -> Kept:
+        """Beyond its children: what the activation after the sum keeps (ReLU: the output,
+        fused with the add or not)."""
+        return act_kept(self.cfg["activation"], node, node.out_shape, itemsize, logits)
 
     def backward(self, node: Node, dy: Any, cache: Any, state: dict, ctx: Any) -> Any:
         cb, cs, ca = cache

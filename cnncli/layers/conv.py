@@ -5,10 +5,18 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from cnncli import arith
-from cnncli.layers.activation import act_backward, act_forward, activation_param, active, describe
+from cnncli.layers.activation import (
+    act_backward,
+    act_forward,
+    act_kept,
+    activation_param,
+    active,
+    describe,
+)
 from cnncli.layers.base import (
     RF,
     Context,
+    Kept,
     Layer,
     Node,
     Param,
@@ -46,6 +54,7 @@ def spatial_input(layer: Layer, in_shape: Shape) -> tuple[int, int, int]:
 
 
 class _ConvBase(Layer):
+    grad_options = True
     def check_groups(self, channels: int) -> None:
         g, k = self.groups, self.filters
         if channels % g or k % g:
@@ -282,6 +291,17 @@ class Conv(_ConvBase):
         bn_grads["bias"] = dbf.astype(dtype)
         return dx
 
+    def kept(self, node: Node, itemsize: int, *, logits: bool = False) -> Kept:
+        """x (ConvCache) and y (the layer's cache, for a fused activation's derivative),
+        plus the pre-activation copy an activation keeps when y does not tell its branch."""
+        a = act_kept(self.cfg.get("activation"), node, node.out_shape, itemsize, logits)
+        return Kept(input=True, output=True, per_image=a.per_image)
+
+    def kept_pooled(self, node: Node, pool: Node, itemsize: int) -> Kept:
+        """forward_pooled: x, the pooled output and one uint8 winner per pooled value."""
+        h, w, k = pool.out_shape
+        return Kept(input=True, output=True, per_image=h * w * k)
+
     def fuses_pool(self, node: Node, pool: Node, dtype: Any, options: Any = None) -> bool:
         """Whether this conv, its ReLU and the ``pool`` node right after it can run as one
         op (ops.conv.conv2d_relu_maxpool2_*, a plan step pairs them): a 2x2 stride-2 max
@@ -310,31 +330,39 @@ class Conv(_ConvBase):
             options=getattr(ctx, "options", None), shared=getattr(ctx, "shared", None))
         return y, _PooledCache(cache, ctx)
 
-    def backward(self, node: Node, dy: Any, cache: Any, state: dict, grads: dict) -> Any:
+    def backward(self, node: Node, dy: Any, cache: Any, state: dict, grads: dict, *,
+                 param_grads: bool = True, need_dx: bool = True) -> Any:
+        """``param_grads=False`` (frozen): only dx, the dW/db paths never run."""
         from cnncli.ops import conv
 
         if isinstance(cache, _PooledCache):  # dy is the pooled gradient (forward_pooled)
-            need_dx = getattr(cache.ctx, "skip_input_grad", None) != node.path
+            need_dx = need_dx and getattr(cache.ctx, "skip_input_grad", None) != node.path
             dx, dw, db = conv.conv2d_relu_maxpool2_backward(
-                dy, cache.op, need_dx=need_dx, shared=getattr(cache.ctx, "shared", None))
-            grads["weight"] = dw
-            if db is not None:
-                grads["bias"] = db
+                dy, cache.op, need_dx=need_dx, shared=getattr(cache.ctx, "shared", None),
+                need_dw=param_grads)
+            _store(grads, dw, db)
             return dx
         conv_cache, act_cache, ctx, y = cache
-        need_dx = getattr(ctx, "skip_input_grad", None) != node.path
+        need_dx = need_dx and getattr(ctx, "skip_input_grad", None) != node.path
         shared = getattr(ctx, "shared", None)
         if act_cache[0] == "fused":
             dx, dw, db = conv.conv2d_backward(
-                dy, conv_cache, need_dx=need_dx, act=(act_cache[1], y), shared=shared
-            )
+                dy, conv_cache, need_dx=need_dx, act=(act_cache[1], y), shared=shared,
+                need_dw=param_grads)
         else:
             dz = self.backward_pre(dy, act_cache)
-            dx, dw, db = conv.conv2d_backward(dz, conv_cache, need_dx=need_dx, shared=shared)
-        grads["weight"] = dw
-        if db is not None:
-            grads["bias"] = db
+            dx, dw, db = conv.conv2d_backward(dz, conv_cache, need_dx=need_dx, shared=shared,
+                                              need_dw=param_grads)
+        _store(grads, dw, db)
         return dx
+
+
+def _store(grads: dict, dw: Any, db: Any) -> None:
+    """A conv's weight and bias gradients into ``grads`` (none when it is frozen)."""
+    if dw is not None:
+        grads["weight"] = dw
+    if db is not None:
+        grads["bias"] = db
 
 
 @register
@@ -430,13 +458,18 @@ class Deconv(_ConvBase):
         y, act_cache = self.forward_post(node, z, ctx)
         return y, (cache, act_cache)
 
-    def backward(self, node: Node, dy: Any, cache: Any, state: dict, grads: dict) -> Any:
+    def kept(self, node: Node, itemsize: int, *, logits: bool = False) -> Kept:
+        """x (ConvTransposeCache) and what its activation keeps."""
+        a = act_kept(self.cfg.get("activation"), node, node.out_shape, itemsize, logits)
+        return Kept(input=True, output=a.output, per_image=a.per_image)
+
+    def backward(self, node: Node, dy: Any, cache: Any, state: dict, grads: dict, *,
+                 param_grads: bool = True, need_dx: bool = True) -> Any:
         from cnncli.ops import conv
 
         conv_cache, act_cache = cache
         dz = self.backward_pre(dy, act_cache)
-        dx, dw, db = conv.conv_transpose2d_backward(dz, conv_cache)
-        grads["weight"] = dw
-        if db is not None:
-            grads["bias"] = db
+        dx, dw, db = conv.conv_transpose2d_backward(dz, conv_cache, need_dx=need_dx,
+                                                    need_dw=param_grads)
+        _store(grads, dw, db)
         return dx

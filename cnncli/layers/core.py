@@ -5,8 +5,26 @@ from __future__ import annotations
 from math import prod
 from typing import Any, NamedTuple
 
-from cnncli.layers.activation import act_backward, act_forward, activation_param, active, describe
-from cnncli.layers.base import RF, Context, Layer, Node, Param, Shape, boolean, fraction, pos_int
+from cnncli.layers.activation import (
+    act_backward,
+    act_forward,
+    act_kept,
+    activation_param,
+    active,
+    describe,
+)
+from cnncli.layers.base import (
+    RF,
+    Context,
+    Kept,
+    Layer,
+    Node,
+    Param,
+    Shape,
+    boolean,
+    fraction,
+    pos_int,
+)
 from cnncli.layers.init import init_weight, zeros
 from cnncli.layers.registry import register
 
@@ -40,6 +58,9 @@ class Flatten(Layer):
     def backward(self, node: Node, dy: Any, cache: Any, state: dict, grads: dict) -> Any:
         return dy.reshape(cache)
 
+    def kept(self, node: Node, itemsize: int, *, logits: bool = False) -> Kept:
+        return Kept(alias=True)  # a view of x; the cache is its shape
+
 
 @register
 class Dense(Layer):
@@ -48,6 +69,7 @@ class Dense(Layer):
         "(C-major, as torch.flatten), with a warning."
     )
     type = "dense"
+    grad_options = True
     params_spec = (
         Param("units", pos_int, doc="number of outputs"),
         Param("bias", boolean, True, "add a learned bias per output"),
@@ -102,16 +124,27 @@ class Dense(Layer):
             z, act_cache = act_forward(act, z)
         return z, (x2, x.shape, act, act_cache)
 
-    def backward(self, node: Node, dy: Any, cache: Any, state: dict, grads: dict) -> Any:
+    def kept(self, node: Node, itemsize: int, *, logits: bool = False) -> Kept:
+        """x (as the [N, units] view, for dW) and what the activation keeps. (A batch run
+        in parts with a weight of COLUMN_SPLIT_WEIGHTS or more keeps the whole batch's x
+        in every part: not counted, the estimate is for one part.)"""
+        a = act_kept(self.cfg.get("activation"), node, node.out_shape, itemsize, logits)
+        return Kept(input=True, output=a.output, per_image=a.per_image)
+
+    def backward(self, node: Node, dy: Any, cache: Any, state: dict, grads: dict, *,
+                 param_grads: bool = True, need_dx: bool = True) -> Any:
+        """``param_grads=False`` (frozen) skips dW = dy^T x and db; ``need_dx=False``
+        skips dx = dy W (returns None)."""
         if isinstance(cache, _ColumnCache):
-            return self._backward_columns(node, dy, cache, state, grads)
+            return self._backward_columns(node, dy, cache, state, grads, param_grads)
         x2, shape, act, act_cache = cache
         if act is not None:
             dy = act_backward(act, dy, act_cache)
-        grads["weight"] = dy.T @ x2
-        if "bias" in state:
-            grads["bias"] = dy.sum(axis=0)
-        return (dy @ state["weight"]).reshape(shape)
+        if param_grads:
+            grads["weight"] = dy.T @ x2
+            if "bias" in state:
+                grads["bias"] = dy.sum(axis=0)
+        return (dy @ state["weight"]).reshape(shape) if need_dx else None
 
     # -- a batch run in parts, large weights: each part takes a block of the outputs -----
     def _forward_columns(self, node: Node, x: Any, x2: Any, state: dict, ctx: Any):
@@ -135,7 +168,8 @@ class Dense(Layer):
             z, act_cache = act_forward(act, z)
         return z, _ColumnCache(xs, x.shape, act, act_cache, ctx, (c0, c1), (lo, hi))
 
-    def _backward_columns(self, node: Node, dy: Any, cache: Any, state: dict, grads: dict):
+    def _backward_columns(self, node: Node, dy: Any, cache: Any, state: dict, grads: dict,
+                          param_grads: bool = True):
         """dW and db: each part its block of rows, over the whole batch, into arrays the
         first part allocates and reports (the others report None, so nothing is summed);
         dx: each part's block's share of dy @ W, the shares added in part order."""
@@ -146,16 +180,18 @@ class Dense(Layer):
             dy = act_backward(act, dy, act_cache)
         first = ctx.part == 0
         w = state["weight"]
-        mine = (np.empty_like(w), np.empty(w.shape[0], dtype=w.dtype)) if first else None
+        mine = (np.empty_like(w), np.empty(w.shape[0], dtype=w.dtype)) if (
+            first and param_grads) else None
         got = ctx.gather((node.path, "dy"), (dy, mine))
         dys = np.concatenate([d for d, _ in got])
-        dw, db = got[0][1]
         dblock = dys[:, c0:c1]
-        np.matmul(dblock.T, xs, out=dw[c0:c1])
-        grads["weight"] = dw if first else None
-        if "bias" in state:
-            db[c0:c1] = dblock.sum(axis=0)
-            grads["bias"] = db if first else None
+        if param_grads:
+            dw, db = got[0][1]
+            np.matmul(dblock.T, xs, out=dw[c0:c1])
+            grads["weight"] = dw if first else None
+            if "bias" in state:
+                db[c0:c1] = dblock.sum(axis=0)
+                grads["bias"] = db if first else None
         shares = ctx.gather((node.path, "dx"), dblock @ w[c0:c1])
         dx = shares[0][lo:hi].copy()
         for s in shares[1:]:
@@ -213,6 +249,12 @@ class Dropout(Layer):
         draw = ctx.rng.random(full, dtype=x.dtype) if ctx.part == 0 else None
         mask = ctx.gather((node.path, "mask"), draw)[0][ctx.lo:ctx.lo + x.shape[0]]
         return dropout.dropout_forward(x, self.rate, None, True, mask=mask >= self.rate)
+
+    def kept(self, node: Node, itemsize: int, *, logits: bool = False) -> Kept:
+        """The scaled mask (x's dtype and shape); rate 0 returns x itself."""
+        if self.rate == 0:
+            return Kept(alias=True)
+        return Kept(per_image=prod(node.in_shape) * itemsize)
 
     def backward(self, node: Node, dy: Any, cache: Any, state: dict, grads: dict) -> Any:
         from cnncli.ops import dropout

@@ -6,6 +6,7 @@ from typing import Any
 
 from cnncli.layers.base import (
     Context,
+    Kept,
     Layer,
     Node,
     Param,
@@ -27,6 +28,7 @@ class BatchNorm(Layer):
         "and by running estimates at evaluation, then scale and shift."
     )
     type = "batchnorm"
+    grad_options = True
     params_spec = (
         Param("momentum", fraction, 0.1, "weight of the new batch in the running estimates"),
         Param("eps", pos_number, 1e-5, "added to the variance before the square root"),
@@ -64,31 +66,40 @@ class BatchNorm(Layer):
         batch's (``ctx.gather``) and the first part updates the running estimates."""
         from cnncli.ops import norm
 
+        # frozen (trainable: false, --freeze): the running statistics, also in training
+        training = ctx.training and node.path not in getattr(ctx, "frozen", ())
         y, cache, rm, rv = norm.batchnorm_forward(
             x,
             state["weight"],
             state["bias"],
             state["running_mean"],
             state["running_var"],
-            ctx.training,
+            training,
             self.momentum,
             self.eps,
             act=act,
             gather=_gather(ctx, node, "fwd"),
         )
-        if ctx.training and getattr(ctx, "part", 0) == 0:
+        if training and getattr(ctx, "part", 0) == 0:
             state["running_mean"][...] = rm
             state["running_var"][...] = rv
         return y, (cache, ctx)
 
-    def backward(self, node: Node, dy: Any, cache: Any, state: dict, grads: dict) -> Any:
+    def kept(self, node: Node, itemsize: int, *, logits: bool = False) -> Kept:
+        """A reference to x (xhat is recomputed in backward) and four per-channel arrays:
+        mean, 1/std, scale and shift. A fused ReLU/ReLU6 keeps nothing more."""
+        return Kept(input=True, fixed=4 * node.in_shape[-1] * itemsize)
+
+    def backward(self, node: Node, dy: Any, cache: Any, state: dict, grads: dict, *,
+                 param_grads: bool = True, need_dx: bool = True) -> Any:
         from cnncli.ops import norm
 
         op_cache, ctx = cache
-        dx, dgamma, dbeta = norm.batchnorm_backward(dy, op_cache,
+        dx, dgamma, dbeta = norm.batchnorm_backward(dy, op_cache, need_grads=param_grads,
                                                     gather=_gather(ctx, node, "bwd"))
-        grads["weight"] = dgamma
-        grads["bias"] = dbeta
+        if param_grads:
+            grads["weight"] = dgamma
+            grads["bias"] = dbeta
         return dx
 
 
@@ -140,6 +151,11 @@ class LRN(Layer):
         return norm.lrn_forward(
             x, self.size, self.alpha, self.beta, self.k, self.convention == "torch"
         )
+
+    def kept(self, node: Node, itemsize: int, *, logits: bool = False) -> Kept:
+        """x, and the denominator and its power (each the size of x)."""
+        h, w, c = node.in_shape
+        return Kept(input=True, per_image=2 * h * w * c * itemsize)
 
     def backward(self, node: Node, dy: Any, cache: Any, state: dict, grads: dict) -> Any:
         from cnncli.ops import norm

@@ -8,6 +8,7 @@ from cnncli import arith
 from cnncli.layers.base import (
     RF,
     Context,
+    Kept,
     Layer,
     Node,
     Param,
@@ -125,6 +126,17 @@ class Pool(Layer):
             need_argmax=bool(getattr(ctx, "training", True)),
         )
 
+    def kept(self, node: Node, itemsize: int, *, logits: bool = False) -> Kept:
+        """max: the winners' indices, one per output (int32; over depth int8 when the
+        window is under 128 channels); avg: nothing; l2: x and y."""
+        h, w, c = node.out_shape
+        if self.mode == "max":
+            idx = 1 if self.over == "depth" and self.size[0] < 128 else 4
+            return Kept(per_image=h * w * c * idx)
+        if self.mode == "l2":
+            return Kept(input=True, output=True)
+        return Kept()
+
     def backward(self, node: Node, dy: Any, cache: Any, state: dict, grads: dict) -> Any:
         from cnncli.ops import pool
 
@@ -159,6 +171,10 @@ class GlobalPool(Layer):
         from cnncli.ops import pool
 
         return pool.global_pool_forward(x, self.mode)
+
+    def kept(self, node: Node, itemsize: int, *, logits: bool = False) -> Kept:
+        """max: the winner of each channel (int64, NumPy's argmax); avg: nothing."""
+        return Kept(per_image=8 * node.out_shape[0]) if self.mode == "max" else Kept()
 
     def backward(self, node: Node, dy: Any, cache: Any, state: dict, grads: dict) -> Any:
         from cnncli.ops import pool

@@ -147,13 +147,14 @@ def batchnorm_forward(
 
 
 def batchnorm_backward(
-    dy: np.ndarray, cache: BatchNormCache, *, gather=None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    dy: np.ndarray, cache: BatchNormCache, *, gather=None, need_grads: bool = True
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """(dx, dgamma, dbeta). Training: ``dx = gamma*inv_std * (dz - mean(dz) -
     xhat*mean(dz*xhat))`` (the statistics depend on x); eval: ``dx = dz*gamma*inv_std``,
     dz being dy through the fused activation. With ``gather`` (a batch run in parts) the
     means are over the whole batch, and dgamma, dbeta are this part's share of the sums
-    (the engine adds the parts' gradients)."""
+    (the engine adds the parts' gradients). ``need_grads=False`` in eval mode (a frozen
+    batchnorm) skips the sums: dgamma = dbeta = None."""
     from cnncli.ops import _norm_kernels as kern
 
     x, mean, inv, scale, shift, training, act, count = cache
@@ -168,6 +169,11 @@ def batchnorm_backward(
     d3 = _bn_view(np.ascontiguousarray(dy))
     c = x3.shape[1]
     code = BN_ACTIVATIONS.get(act, 0)
+    if not need_grads and not training:
+        zero = np.zeros(c, dtype=x.dtype)
+        dx = np.empty_like(x3)
+        kern.bn_backward_apply(d3, x3, mean, inv, scale, shift, zero, zero, code, dx)
+        return dx.reshape(x.shape), None, None
     sums = np.zeros((c, 2), dtype=np.float64)
     kern.bn_backward_sums(d3, x3, mean, inv, scale, shift, code, sums)
     dbeta, dgamma = sums[:, 0].astype(x.dtype), sums[:, 1].astype(x.dtype)

@@ -37,6 +37,8 @@ class TrainConfig:
     augment: str | None = None  # a pipeline file, preset name or ops string
     eval_batch_size: int = 1000
     autotune: bool = False  # time each conv's kernel paths first (cached on disk)
+    init_from: str | None = None  # a run folder or checkpoint whose matching weights start us
+    freeze: str | None = None  # comma-separated layer paths (dotted prefixes) kept fixed
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -59,6 +61,7 @@ class TrainConfig:
 
 _FIELDS = {f.name: f for f in fields(TrainConfig)}
 _ALIASES = {"batch-size": "batch_size", "weight-decay": "weight_decay", "val-split": "val_split",
+            "init-from": "init_from",
             "learning_rate": "lr", "optim": "optimizer"}
 
 
@@ -69,6 +72,8 @@ def _coerce(name: str, value: Any, where: str) -> Any:
         if "None" in str(typ):
             return None
         raise CnnError(f"{where}: training setting '{name}' cannot be empty")
+    if name == "freeze" and isinstance(value, list):  # freeze: [layer1, layer2] in YAML
+        value = ",".join(str(v) for v in value)
     try:
         if "bool" in str(typ):
             if not isinstance(value, bool):

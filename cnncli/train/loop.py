@@ -11,6 +11,14 @@ before the "already holds a run" check until the run ends, and nothing is writte
 before the first epoch has ended, so a run stopped earlier leaves no run behind (its folder
 is removed if the run created it) rather than a folder that is neither new nor resumable.
 No output may be, contain or lie inside an input (spec, data, pipeline, config).
+
+Under ``mpiexec -n P`` (P > 1) the run is data-parallel (:mod:`cnncli.train.dist`): each rank
+trains on its share of every global batch, the gradients are summed over the ranks and every
+rank takes the same step. Rank 0 alone writes the run folder and reports progress. Dropout and
+augmentation draw from per-rank streams (rank 0's are the single-process ones), saved for
+every rank in the checkpoint with the world size, which a resume must match. Batchnorm uses
+per-rank batch statistics in training; the running estimates are averaged over the ranks at
+the end of each epoch, before evaluation and the checkpoint.
 """
 
 from __future__ import annotations
@@ -50,6 +58,7 @@ Inputs = Sequence[tuple[str | Path | None, str]]
 
 class NonFiniteLoss(CnnError):
     exit_code = ExitCode.FAILURE
+    all_ranks = True  # over MPI every rank sees the same (reduced) loss and weights
 
 
 @dataclass
@@ -110,7 +119,7 @@ def train_step(model: Any, optimizer: Any, xb: np.ndarray, yb: np.ndarray,
     if not np.isfinite(loss):
         return loss, scores
     model.backward(dout, input_grad=False)
-    optimizer.step(model.params, model.grads)
+    optimizer.step(model.trainable_params, model.grads)
     return loss, scores
 
 
@@ -282,9 +291,28 @@ class _Trainer:
         self.lock: FolderLock | None = None
         self.created: list[Path] = []  # folders this run made (removed if left empty)
         self.good_checkpoint: Path | None = None  # finite weights: loaded or written
+        from cnncli.train.dist import world
+
+        self.world = world()
+        self.lead = self.world.rank == 0  # the rank that writes and reports
+        if not self.lead:
+            self.emit = lambda kind, data: None
 
     def setup(self, spec_source: Any, *, out: str | Path, resume: str | Path | None,
               epochs: int | None, overwrite: bool, inputs: Inputs) -> None:
+        """:meth:`_setup`; over MPI, a rank that fails makes every rank fail with it."""
+        from cnncli.train.dist import agree
+
+        error = None
+        try:
+            self._setup(spec_source, out=out, resume=resume, epochs=epochs,
+                        overwrite=overwrite, inputs=inputs)
+        except Exception as exc:  # noqa: BLE001 - re-raised by agree() on every rank
+            error = exc
+        agree(self.world, error)
+
+    def _setup(self, spec_source: Any, *, out: str | Path, resume: str | Path | None,
+               epochs: int | None, overwrite: bool, inputs: Inputs) -> None:
         """Everything before the first batch; writes nothing but the lock of a resumed run."""
         self._open(spec_source, out, resume, epochs, overwrite, inputs)
         self._build_model()
@@ -299,16 +327,18 @@ class _Trainer:
         self.best_value: float | None = None
         self.since_best = 0  # epochs since the monitored value last improved (early stopping)
         seed = self.config.seed
+        rank = [self.world.rank] if self.world.rank else []  # rank 0: the 1-process streams
         self.streams = _Streams(np.random.default_rng([seed, 2]),
-                                np.random.default_rng([seed, 3]),
-                                np.random.default_rng([seed, 4]))
+                                np.random.default_rng([seed, 3, *rank]),
+                                np.random.default_rng([seed, 4, *rank]))
         if self.ckpt_state is not None:
             self._restore()
-        else:
+        elif self.lead:
             self._start_run_folder(overwrite)
         ckpt_dir = self.run_dir / "checkpoints"
         self.last_path, self.best_path = ckpt_dir / "last.npz", ckpt_dir / "best.npz"
-        remove_stale_temps(ckpt_dir, legacy_names=("last.npz", "best.npz"))
+        if self.lead:
+            remove_stale_temps(ckpt_dir, legacy_names=("last.npz", "best.npz"))
         self.monitor = "val_accuracy" if self.splits.val is not None else "train_loss"
         self.stopped_early = False
         self.first_batch_time: float | None = None  # wall clock, for start-up benchmarks
@@ -350,6 +380,12 @@ class _Trainer:
             ckpt = resolve_checkpoint(resume, prefer="last")
             self.run_dir = run_folder_of(ckpt)
             meta = read_checkpoint_meta(ckpt)
+            size = meta.get("world_size", 1)
+            if size != self.world.size:
+                from cnncli.train.dist import world_size_mismatch
+
+                raise world_size_mismatch(size if isinstance(size, int) else 1,
+                                          self.world.size, str(ckpt))
             saved = meta.get("config") if isinstance(meta.get("config"), dict) else {}
             augment = saved.get("augment")
         else:
@@ -359,6 +395,16 @@ class _Trainer:
             if self.spec.file and Path(self.spec.file).exists():
                 ins.append((self.spec.file, "the spec"))
             meta, augment = {}, self.config.augment
+            if self.config.init_from:  # read only: neither it nor its run may be written
+                init = Path(self.config.init_from)
+                ckpt = resolve_checkpoint(init, prefer="best")
+                ins.append((ckpt, "the --init-from checkpoint"))
+                if init.is_dir():
+                    ins.append((init, "the --init-from run"))
+                elif ckpt.parent.name == "checkpoints" and (ckpt.parent.parent
+                                                            / "config.yaml").is_file():
+                    # RUN/checkpoints/x.npz: the run it belongs to is read-only as well
+                    ins.append((ckpt.parent.parent, "the --init-from run"))
         if self.data is None:
             self.data = meta.get("data") if isinstance(meta.get("data"), str) else None
             if self.data is None:
@@ -368,7 +414,8 @@ class _Trainer:
                  "the augmentation pipeline")]
         guard_outputs([(self.run_dir, "the run folder")], ins)
         if resume is not None:
-            self._lock()
+            if self.lead:
+                self._lock()
             self.spec, self.config, self.ckpt_path, self.ckpt_state = _open_resume(ckpt, epochs)
             self.good_checkpoint = self.ckpt_path
         else:
@@ -398,6 +445,15 @@ class _Trainer:
                            "vector (end with flatten/global_pool and dense)")
         self.n_out = network.output[0]
         self.model = build_model(network, seed=self.config.seed)
+        from cnncli.freeze import parse_freeze
+
+        self.model.freeze(parse_freeze(self.config.freeze))
+        if not self.model.trainable_params:
+            raise CnnError(f"{self.spec.file or self.spec.name}: every parameter is frozen "
+                           "(trainable: false / --freeze); nothing would be trained")
+        self.init_normalizer = None
+        if self.config.init_from and self.ckpt_state is None:
+            self._init_from(self.config.init_from)
         if self.config.autotune:
             report = self.model.tune(self.config.batch_size,
                                      log=lambda text: self.emit("note", {"text": text}))
@@ -405,13 +461,30 @@ class _Trainer:
                                    "timed": sum(not r["cached"] for r in report),
                                    "paths": {r["name"]: r["path"] for r in report}})
 
+    def _init_from(self, source: str) -> None:
+        """Copy the matching weights of another run (fine-tuning); report what was done.
+        Its normalisation is kept when the channels agree: the copied layers learned their
+        features on inputs normalised that way."""
+        from cnncli.data.dataset import Normalizer
+        from cnncli.train.finetune import apply_init, open_init
+
+        path, arrays, meta = open_init(source)
+        report = apply_init(self.model, arrays, path)
+        norm = Normalizer.from_dict(meta["normalizer"], str(path))
+        if norm.mean.shape[0] == self.spec.input[2]:
+            self.init_normalizer = norm
+        self.emit("init_from", report.to_dict() | {
+            "normalizer": "the checkpoint's" if self.init_normalizer is not None else
+            "fitted to the new data (the channels differ)"})
+
     def _load_data(self) -> None:
-        """The splits; a resumed run keeps the normalisation it was trained with."""
+        """The splits; a resumed run keeps the normalisation it was trained with, and a
+        fine-tuned one the normalisation of the run it starts from."""
         from cnncli.data.dataset import Normalizer, load_dataset
 
         state = self.ckpt_state
         normalizer = Normalizer.from_dict(state[1]["normalizer"], str(self.ckpt_path)) \
-            if state else None
+            if state else self.init_normalizer
         self.splits = load_dataset(self.data, self.spec.input, self.config.val_split,
                                    self.config.seed, normalizer=normalizer,
                                    num_classes=self.n_out)
@@ -444,7 +517,8 @@ class _Trainer:
                                         if k.startswith("model/")})
             self.optimizer.load_state_dict({k[6:]: v for k, v in arrays.items()
                                             if k.startswith("optim/")})
-            self.streams = _Streams.restore(meta["rng"])
+            self.streams = _Streams.restore(meta["rng"] if self.world.size == 1
+                                            else meta["rng_ranks"][self.world.rank])
         except (CnnError, KeyError, TypeError) as exc:
             raise DataError(f"{self.ckpt_path}: checkpoint does not match its spec and "
                             f"settings ({exc})") from None
@@ -473,9 +547,11 @@ class _Trainer:
         """config.yaml and spec.yaml: with the first checkpoint, so a folder that has them
         has a resumable run."""
         run_dir = self.run_dir
-        atomic_write_text(run_dir / "config.yaml", _dump_yaml(
-            {"spec": self.spec.file, "data": str(Path(self.data).resolve()),
-             "training": self.config.to_dict()}))
+        settings = {"spec": self.spec.file, "data": str(Path(self.data).resolve()),
+                    "training": self.config.to_dict()}
+        if self.world.size > 1:
+            settings["world_size"] = self.world.size  # mpiexec -n; a resume must match
+        atomic_write_text(run_dir / "config.yaml", _dump_yaml(settings))
         if self.spec.text is not None:
             atomic_write_text(run_dir / "spec.yaml", self.spec.text)
 
@@ -497,6 +573,7 @@ class _Trainer:
             config.epochs, self.start_epoch + max_epochs_this_call)
         for epoch in range(self.start_epoch, stop_at):
             row = self._run_epoch(epoch)
+            self._average_buffers()
             self._check_weights(epoch)
             self._evaluate_epoch(epoch, row)
             self.history.append(row)
@@ -521,15 +598,19 @@ class _Trainer:
         loss_sum = 0.0
         train_batches = batches(self.splits.train, config.batch_size, self.streams.shuffle)
         for b, (xb, yb) in enumerate(train_batches):
-            if self.augment is not None:
-                xb = self.augment(xb, self.streams.augment)
-            loss, scores = train_step(self.model, optimizer, xb, yb, config.loss)
+            if self.world.size > 1:
+                loss, right = self._shared_step(xb, yb)
+            else:
+                if self.augment is not None:
+                    xb = self.augment(xb, self.streams.augment)
+                loss, scores = train_step(self.model, optimizer, xb, yb, config.loss)
+                right = int((scores.argmax(axis=1) == yb).sum()) if np.isfinite(loss) else 0
             if not np.isfinite(loss):
                 raise self._non_finite(f"loss became {loss} at epoch {epoch + 1}, batch {b + 1}")
             n = len(yb)
             seen += n
             loss_sum += loss * n
-            correct += int((scores.argmax(axis=1) == yb).sum())
+            correct += right
             elapsed = time.perf_counter() - t0
             if self.first_batch_time is None:
                 self.first_batch_time = time.time()
@@ -547,6 +628,73 @@ class _Trainer:
             "epoch_train_seconds": epoch_seconds, "images_per_second": seen / epoch_seconds,
         }
 
+    def _shared_step(self, xb: np.ndarray, yb: np.ndarray) -> tuple[float, int]:
+        """One data-parallel update (see :mod:`cnncli.train.dist`): (the global batch's
+        mean loss, its correct count), the same on every rank."""
+        from cnncli.train.dist import share
+
+        model, world, n = self.model, self.world, len(yb)
+        keys = sorted(model.params)
+        sizes = [model.params[k].size for k in keys]
+        # One buffer in the parameters' dtype (4 bytes a parameter for float32): the
+        # gradients in sorted name order, then the share's loss sum and correct count.
+        buf = np.zeros(sum(sizes) + 2, dtype=model.params[keys[0]].dtype)
+        lo, hi = share(n, world.rank, world.size)
+        if hi > lo:
+            x, y = xb[lo:hi], yb[lo:hi]
+            if self.augment is not None:
+                x = self.augment(x, self.streams.augment)
+            out = model.forward(x, training=True, logits=self.config.loss == "cross_entropy")
+            loss, dout, scores = loss_and_grad(self.config.loss, out, y)
+            buf[-2] = loss * (hi - lo)
+            buf[-1] = int((scores.argmax(axis=1) == y).sum())
+            if np.isfinite(loss):
+                dout *= (hi - lo) / n  # d(mean over the global batch) / d(this share's out)
+                model.backward(dout, input_grad=False)
+                at = 0
+                for k, size in zip(keys, sizes):
+                    buf[at:at + size] = model.grads[k].ravel()
+                    at += size
+        world.allreduce(buf)
+        loss = float(buf[-2]) / n
+        if not np.isfinite(loss):
+            return loss, 0
+        grads, at = {}, 0
+        for k, size in zip(keys, sizes):
+            p = model.params[k]
+            grads[k] = buf[at:at + size].reshape(p.shape).astype(p.dtype)
+            at += size
+        self.optimizer.step(model.params, grads)
+        return loss, int(buf[-1])
+
+    def _average_buffers(self) -> None:
+        """Over MPI: every rank's running estimates (batchnorm) replaced by their mean, and
+        a check that the weights are still the same on every rank."""
+        if self.world.size == 1:
+            return
+        model = self.model
+        keys = sorted(model.buffers)
+        if keys:
+            flat = np.concatenate([model.buffers[k].ravel().astype(np.float64) for k in keys])
+            self.world.allreduce(flat)
+            flat /= self.world.size
+            at = 0
+            for k in keys:
+                a = model.buffers[k]
+                a[...] = flat[at:at + a.size].reshape(a.shape)
+                at += a.size
+            model.weights_changed()
+        import hashlib
+
+        digest = hashlib.sha256()
+        for k in sorted(model.params):
+            digest.update(np.ascontiguousarray(model.params[k]).tobytes())
+        if len(set(self.world.allgather(digest.hexdigest()))) != 1:
+            from cnncli.train.dist import on_all_ranks
+
+            raise on_all_ranks(CnnError("the weights differ between the MPI ranks (their MPI "
+                                        "reduced differently); training stopped"))
+
     def _check_weights(self, epoch: int) -> None:
         """Stop if the epoch's last update overflowed, before it reaches a checkpoint."""
         bad = next((k for k, a in self.model.state_dict().items()
@@ -559,7 +707,7 @@ class _Trainer:
         """Add validation and test loss/accuracy to the epoch's row."""
         for name, ds in (("val", self.splits.val), ("test", self.splits.test)):
             if ds is not None:
-                ev = evaluate_model(self.model, ds, self.config.loss, self.config.eval_batch_size)
+                ev = self._evaluate(ds)
                 row[f"{name}_loss"], row[f"{name}_accuracy"] = ev["loss"], ev["accuracy"]
                 if not np.isfinite(ev["loss"]):
                     raise self._non_finite(
@@ -577,9 +725,29 @@ class _Trainer:
             self.since_best += 1
         return improved
 
+    def _evaluate(self, ds: Any) -> dict[str, Any]:
+        """Loss and accuracy over ``ds``; over MPI each rank evaluates its share of it."""
+        if self.world.size == 1:
+            return evaluate_model(self.model, ds, self.config.loss, self.config.eval_batch_size)
+        from cnncli.data.dataset import Dataset
+        from cnncli.train.dist import share
+
+        lo, hi = share(len(ds), self.world.rank, self.world.size)
+        sums = np.zeros(2)
+        if hi > lo:
+            part = Dataset(ds.x[lo:hi], ds.y[lo:hi], ds.classes)
+            ev = evaluate_model(self.model, part, self.config.loss, self.config.eval_batch_size)
+            sums[:] = ev["loss"] * (hi - lo), round(ev["accuracy"] * (hi - lo))
+        self.world.allreduce(sums)
+        return {"loss": float(sums[0] / len(ds)), "accuracy": float(sums[1] / len(ds))}
+
     def _save_epoch(self, epoch: int, improved: bool) -> None:
         """Checkpoints, metrics files and the learning-curve plot after an epoch (and, after
-        the first epoch of a new run, its settings and spec)."""
+        the first epoch of a new run, its settings and spec); rank 0's work over MPI, with
+        every rank's random streams."""
+        self.rank_streams = self.world.gather(self.streams.states())
+        if not self.lead:
+            return
         first = not self.last_path.exists()
         if first:
             make_folder(self.last_path.parent, "checkpoints folder")
@@ -628,8 +796,10 @@ class _Trainer:
             "rng": self.streams.states(), "history": self.history,
             "best_value": self.best_value, "since_best": self.since_best,
             "monitor": self.monitor, "loss": config.loss,
-            "data": str(Path(self.data).resolve()),
+            "data": str(Path(self.data).resolve()), "world_size": self.world.size,
         }
+        if self.world.size > 1:
+            meta["rng_ranks"] = self.rank_streams
         save_checkpoint(path, arrays, meta)
 
     def _non_finite(self, what: str) -> NonFiniteLoss:
@@ -647,21 +817,22 @@ class _Trainer:
         last = self.history[-1] if self.history else {}
         if "test_loss" in last:
             return {"loss": last["test_loss"], "accuracy": last["test_accuracy"]}
-        ev = evaluate_model(self.model, self.splits.test, self.config.loss,
-                            self.config.eval_batch_size)
+        ev = self._evaluate(self.splits.test)
         return {"loss": ev["loss"], "accuracy": ev["accuracy"]}
 
     def _finish(self) -> TrainResult:
         """The result, also written to summary.json and sent as the "end" event."""
         test = self._final_test()
-        self._plot_curves(final=True)
+        if self.lead:
+            self._plot_curves(final=True)
         ips = self.train_images / self.train_time if self.train_time > 0 else 0.0
         best = self.best_path if self.best_path.exists() else None
         result = TrainResult(self.run_dir, self.last_path, best, self.history, test,
                              len(self.history), ips, self.splits.fit_rule, self.stopped_early,
                              extra={"first_batch_time": self.first_batch_time})
-        atomic_write_text(self.run_dir / "summary.json",
-                          json.dumps(result.summary(), indent=2) + "\n")
+        if self.lead:
+            atomic_write_text(self.run_dir / "summary.json",
+                              json.dumps(result.summary(), indent=2) + "\n")
         self.emit("end", result.summary())
         return result
 

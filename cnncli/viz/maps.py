@@ -31,15 +31,18 @@ class FeatureMaps:
     tiles: Tiles
 
     def stats(self) -> list[dict[str, Any]]:
+        """Per-channel min/max/mean (means summed in float64: the figures a script reads
+        should not depend on float32 summation order)."""
         v = self.values.reshape(len(self.values), -1)
+        means = v.mean(1, dtype=np.float64)
         return [{"channel": i, "min": float(lo), "max": float(hi), "mean": float(m)}
-                for i, (lo, hi, m) in enumerate(zip(v.min(1), v.max(1), v.mean(1)))]
+                for i, (lo, hi, m) in enumerate(zip(v.min(1), v.max(1), means))]
 
     def summary(self) -> dict[str, Any]:
         c, h, w = self.values.shape
         return {"layer": self.layer, "type": self.type, "detail": self.detail,
                 "shape": [h, w, c], "min": float(self.values.min()),
-                "max": float(self.values.max()), "mean": float(self.values.mean()),
+                "max": float(self.values.max()), "mean": float(self.values.mean(dtype=np.float64)),
                 "scale": self.scale, "channels_shown": len(self.tiles.values),
                 "grid": [self.tiles.rows, self.tiles.cols], "channels": self.stats()}
 

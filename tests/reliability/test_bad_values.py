@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import IMAGES, cnn, copy_run, ok, one_error
+from harness import IMAGES, cnn, copy_run, ok, one_error
 
 from cnncli.checkpoint import load_checkpoint, save_checkpoint
 

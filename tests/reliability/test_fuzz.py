@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import IMAGES, cnn, no_traceback
+from harness import IMAGES, cnn, no_traceback
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

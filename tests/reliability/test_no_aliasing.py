@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import TINY, cnn, copy_run, ok, one_error, tree
+from harness import TINY, cnn, copy_run, ok, one_error, tree
 
 from cnncli.errors import CnnError
 
@@ -68,7 +68,7 @@ def test_evaluate_outputs_must_differ(run: Path, tmp_path: Path) -> None:
 
 
 def _photos(tmp_path: Path) -> Path:
-    from conftest import IMAGES
+    from harness import IMAGES
 
     src = tmp_path / "in"
     shutil.copytree(IMAGES / "digits", src / "a")

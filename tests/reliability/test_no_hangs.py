@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import IMAGES, cnn, cnn_process, ok, one_error
+from harness import IMAGES, cnn, cnn_process, ok, one_error
 
 TIMEOUT = 30  # seconds; each command below returns in about one
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import IMAGES, cnn, ok
+from harness import IMAGES, cnn, ok
 from PIL import Image
 
 UNUSUAL = IMAGES / "edge" / "unusual"

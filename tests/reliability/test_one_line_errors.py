@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import IMAGES, cnn, copy_run, one_error
+from harness import IMAGES, cnn, copy_run, one_error
 
 from cnncli.checkpoint import load_checkpoint, save_checkpoint
 

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import (
+import yaml
+from harness import (
     IMAGES,
     cnn,
     cnn_process,
@@ -126,10 +127,17 @@ def test_a_run_interrupted_before_its_first_epoch_is_no_run(
 def test_a_run_killed_before_its_first_epoch_is_no_run(
     data: dict[str, Path], tmp_path: Path
 ) -> None:
-    """kill -9 while the first epoch runs (20,000 steps of one image: several seconds)."""
+    """kill -9 while the first epoch runs (20,000 steps of one image through three 64-filter
+    convs: about 30 s, so the kill lands inside it however fast the engine gets)."""
     out = tmp_path / "run"
-    proc = spawn("train", "--arch", data["spec"], "--data", data["huge"], "--out", out,
-                 "--batch-size", 1, "--epochs", 3)
+    wide = tmp_path / "wide.yaml"
+    spec = yaml.safe_load(data["spec"].read_text())
+    spec["layers"][0]["conv"]["filters"] = 64
+    spec["layers"][1:1] = [{"conv": {"filters": 64, "kernel": 3, "padding": "same",
+                                     "activation": "relu"}}] * 2
+    wide.write_text(yaml.safe_dump(spec, sort_keys=False))
+    proc = spawn("train", "--arch", wide, "--data", data["huge"], "--out", out,
+                 "--batch-size", 1, "--epochs", 3, "--lr", 0.005)
     wait_for_line(proc, " parameters for ")  # "training 232 parameters for 3 epochs ..."
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import IMAGES, cnn, copy_run, ok, spawn, wait_for_line
+from harness import IMAGES, cnn, copy_run, ok, spawn, wait_for_line
 
 from cnncli.checkpoint import load_checkpoint
 
@@ -97,7 +97,7 @@ def test_sigterm_during_augment_leaves_finished_outputs_and_no_temporaries(
     out = tmp_path / "out"
     proc = spawn("augment", src, "--out", out, "-n", 3, "-j", 2, "--ops", "rotate=10,blur")
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and len(list(out.rglob("*_2.*"))) < 5:
+    while time.monotonic() < deadline and len(list(out.rglob("*_2.*"))) < 20:
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     code = proc.wait(timeout=60)
@@ -105,8 +105,11 @@ def test_sigterm_during_augment_leaves_finished_outputs_and_no_temporaries(
     assert code == 143, (code, err)
     assert "Traceback" not in err and "terminated (SIGTERM)" in err
     assert not temporaries(out) and not (out / ".cnn.lock").exists()
-    listed = (out / "manifest.csv").read_text().splitlines()[1:]
-    assert listed and all((out / row.split(",")[0]).is_file() for row in listed)
+    listed = {row.split(",")[0] for row in (out / "manifest.csv").read_text().splitlines()[1:]}
+    assert listed and all((out / rel).is_file() for rel in listed)
+    # ... and nothing else: no output of a source cut off half-way, none unlisted.
+    on_disk = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    assert on_disk - listed == {"manifest.csv", "manifest.jsonl", "pipeline.yaml"}
 
 
 def test_stale_temporaries_are_removed_when_the_folder_is_next_used(
@@ -151,3 +154,31 @@ def test_failed_writes_leave_no_temporaries(
     result = cnn("augment", IMAGES / "digits", "--out", tmp_path / "aug", "-j", 1)
     assert result.exit_code == 2 and "manifest" in result.stderr, result.stderr
     assert not temporaries(tmp_path)
+
+
+def test_ctrl_c_inside_a_source_leaves_only_listed_outputs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One worker, interrupted after the 5th output file (the 2nd source half-written): the
+    outputs on disk are exactly the manifest's rows, whole sources only."""
+    from cnncli.augment import runner
+    from cnncli.augment.pipeline import parse_ops
+
+    writes = []
+    real = runner.atomic_write_bytes
+
+    def write(path, data, what, **kw):
+        if what == "output" and len(writes) == 5:
+            raise KeyboardInterrupt
+        writes.append(path)
+        return real(path, data, what, **kw)
+
+    monkeypatch.setattr(runner, "atomic_write_bytes", write)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        runner.run(IMAGES / "photos", out, parse_ops("rotate=10"),
+                   runner.RunSettings(n=3, workers=1))
+    listed = {r["output"] for r in runner.read_manifest(out)}
+    on_disk = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    assert len(listed) == 3  # the first source's three; the second's two are removed
+    assert on_disk - listed == {"manifest.csv", "manifest.jsonl", "pipeline.yaml"}

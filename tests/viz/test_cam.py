@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import LENET
 from viz_helpers import model_input, sub_model, trained
+from vizdata import LENET
 
 from cnncli.errors import CnnError
 from cnncli.viz.cam import box_share, class_map, parse_box, resolve_class, upsample

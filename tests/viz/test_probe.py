@@ -8,7 +8,7 @@ import pytest
 
 from cnncli.engine.model import build_model
 from cnncli.ops import _threads
-from cnncli.ops import conv as conv_ops
+from cnncli.ops.options import EngineOptions
 from cnncli.viz.probe import activations, class_gradients
 
 SPEC = {"name": "t", "input": [12, 12, 16], "layers": [
@@ -21,22 +21,20 @@ SPEC = {"name": "t", "input": [12, 12, 16], "layers": [
     "flatten", {"dense": {"name": "d", "units": 3}}]}
 
 
-def _reference(x, cls, path, monkeypatch):
+def _reference(x, cls, path):
     """The same model with conv+pool fusion switched off."""
-    with monkeypatch.context() as m:
-        m.setattr(conv_ops, "FUSE_RELU_MAXPOOL", False)
-        model = build_model(SPEC, seed=3)
-        assert model.fused_pools() == {}
-        return class_gradients(model, x, path, cls)
+    model = build_model(SPEC, seed=3, options=EngineOptions(fuse_relu_maxpool=False))
+    assert "c1" not in model.plan.fusions()
+    return class_gradients(model, x, path, cls)
 
 
 @pytest.mark.parametrize("path", ["c1", "p1", "r", "r.c2"])
-def test_taps_through_a_fused_conv_and_pool(path, monkeypatch):
+def test_taps_through_a_fused_conv_and_pool(path):
     model = build_model(SPEC, seed=3)
-    assert set(model.fused_pools()) == {"c1"}  # c1 + p1 run as one op
+    assert model.plan.fusions()["c1"] == ("p1",)  # c1 + p1 run as one op
     x = np.random.default_rng(0).normal(size=(2, 16, 12, 12)).astype(np.float32)
     a, g, dx, logits = class_gradients(model, x, path, 1)
-    ra, rg, rdx, rlogits = _reference(x, 1, path, monkeypatch)
+    ra, rg, rdx, rlogits = _reference(x, 1, path)
     np.testing.assert_allclose(a, ra, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(g, rg, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(dx, rdx, rtol=1e-4, atol=1e-6)

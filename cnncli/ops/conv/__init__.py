@@ -182,13 +182,17 @@ def run_forward(x, w, b, g: ConvGeometry, act, algo: ConvAlgo, opts: EngineOptio
 
 def run_backward(x, w, g: ConvGeometry, algo: ConvAlgo, opts: EngineOptions, dy, *,
                  need_dx: bool, has_bias: bool, act: tuple | None = None, dz_of=None,
-                 shared: PassCache | None = None):
+                 shared: PassCache | None = None, need_dw: bool = True):
     """(dx, dw, db) of y = act(conv2d(x, w) + b) given dy, on the paths of ``algo``.
 
     ``act=(name, y)``: dy is the gradient of y = act(z). ``dz_of(lo, hi, part)``, when
-    given instead, returns the part's dz itself (the fused pooling uses this)."""
+    given instead, returns the part's dz itself (the fused pooling uses this).
+    ``need_dw=False`` (a frozen layer) skips the weight and bias gradients: dw and db are
+    None and only the input-gradient path runs (nothing at all without ``need_dx``)."""
     from cnncli.ops import _threads
 
+    if not need_dw:
+        return _run_dx_only(x, w, g, algo, opts, dy, need_dx, act, dz_of, shared), None, None
     n, k = x.shape[0], w.shape[0]
     eg = algo.crop.geometry if algo.crop is not None else g
     ew = _effective_weights(w, algo, shared)
@@ -233,6 +237,40 @@ def run_backward(x, w, g: ConvGeometry, algo: ConvAlgo, opts: EngineOptions, dy,
     dw = _uncrop(sum_parts([r[0] for r in results]), w.shape, algo)
     db = sum_parts([r[1] for r in results]).astype(x.dtype) if has_bias else None
     return dx, dw, db
+
+
+def _run_dx_only(x, w, g: ConvGeometry, algo: ConvAlgo, opts: EngineOptions, dy,
+                 need_dx: bool, act, dz_of, shared):
+    """run_backward's input gradient alone (a frozen conv); None without ``need_dx``."""
+    from cnncli.ops import _threads
+
+    if not need_dx:
+        return None
+    eg = algo.crop.geometry if algo.crop is not None else g
+    ew = _effective_weights(w, algo, shared)
+    dx = np.empty(x.shape, dtype=x.dtype)
+    layout_act = (act is not None and dz_of is None and opts.fuse_act_grad
+                  and algo.dx == "im2col" and act[0] in im2col.ACT_CODES)
+    u_dx = None
+    if algo.dx == "winograd":
+        u_dx = _prepared(shared, ("wino.dx", id(w)), lambda: winograd.winograd_weights_dx(ew))
+    dx_fn = _INPUT_GRAD[algo.dx]
+
+    def part(lo: int, hi: int, p: int) -> None:
+        if layout_act:
+            im2col.backward(None, dy[lo:hi], ew, eg, dx, lo, hi, p, opts, need_dx=True,
+                            need_dw=False, act_y=(act[0], act[1][lo:hi]))
+            return
+        if dz_of is not None:
+            dz = dz_of(lo, hi, p)
+        elif act is not None:
+            dz = act_grad(dy, act[1], act[0], lo, hi, p)
+        else:
+            dz = dy[lo:hi]
+        dx_fn(dz, u_dx if u_dx is not None else ew, eg, dx, lo, hi, p, opts)
+
+    _threads.over_batch(part, x.shape[0], work=dy.size * ew[0].size)
+    return dx
 
 
 # ---------------------------------------------------------------------------------------
@@ -290,11 +328,13 @@ def conv2d_forward(
 def conv2d_backward(
     dy: np.ndarray, cache: ConvCache, *, need_dx: bool = True,
     act: tuple[str, np.ndarray] | None = None, shared: PassCache | None = None,
-) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
+    need_dw: bool = True,
+) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
     """(dx, dw, db) for L = sum(y * dy); dw and db are summed over the batch.
 
     ``db`` is None when the forward pass had no bias. ``need_dx=False`` skips the input
-    gradient (the first layer of a network) and returns dx = None. ``act=(name, y)``, for
+    gradient (the first layer of a network) and returns dx = None; ``need_dw=False`` (a
+    frozen layer) skips the weight and bias gradients (dw = db = None). ``act=(name, y)``, for
     a forward pass run with ``act=name`` (``y`` its output), first multiplies dy by the
     activation's derivative (part by part, in the worker threads).
     """
@@ -308,7 +348,7 @@ def conv2d_backward(
                                      f"{FUSED_ACTIVATIONS} and y of shape {dy.shape}")
         act = (name, np.ascontiguousarray(y))
     return run_backward(x, w, g, algo, opts or DEFAULT, dy, need_dx=need_dx,
-                        has_bias=has_bias, act=act, shared=shared)
+                        has_bias=has_bias, act=act, shared=shared, need_dw=need_dw)
 
 
 # ---------------------------------------------------------------------------------------
@@ -371,14 +411,17 @@ def conv_transpose2d_forward(
 
 
 def conv_transpose2d_backward(
-    dy: np.ndarray, cache: ConvTransposeCache, *, need_dx: bool = True
-) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
+    dy: np.ndarray, cache: ConvTransposeCache, *, need_dx: bool = True, need_dw: bool = True
+) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
     """(dx, dw, db): ``dx = conv2d(dy, w, s, p, d, groups)`` and dw is conv2d's weight
-    gradient with dy as the input and x as the upstream gradient."""
+    gradient with dy as the input and x as the upstream gradient (skipped, dw = db = None,
+    with ``need_dw=False``)."""
     x, w, has_bias, g, algo, opts = cache
     n, c_out = x.shape[0], w.shape[1] * g.groups
     dy = check_dy(dy, (n, c_out, *g.in_hw), x.dtype, "conv_transpose2d_backward")
     dx = run_forward(dy, w, None, g, None, algo, opts) if need_dx else None
+    if not need_dw:
+        return dx, None, None
     _, dw, _ = run_backward(dy, w, g, algo, opts, x, need_dx=False, has_bias=False)
     db = dy.sum(axis=(0, 2, 3)) if has_bias else None
     return dx, dw, db

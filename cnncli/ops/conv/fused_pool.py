@@ -85,9 +85,11 @@ def conv2d_relu_maxpool2_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | N
 
 
 def conv2d_relu_maxpool2_backward(dy: np.ndarray, cache: ConvPoolCache, *,
-                                  need_dx: bool = True, shared=None
-                                  ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
-    """(dx, dw, db) for L = sum(y * dy), y from conv2d_relu_maxpool2_forward."""
+                                  need_dx: bool = True, shared=None, need_dw: bool = True
+                                  ) -> tuple[np.ndarray | None, np.ndarray | None,
+                                             np.ndarray | None]:
+    """(dx, dw, db) for L = sum(y * dy), y from conv2d_relu_maxpool2_forward
+    (``need_dw=False``: dw = db = None, only dx is computed)."""
     from cnncli.ops import _kernels as kern
     from cnncli.ops import _threads
     from cnncli.ops.conv import run_backward
@@ -106,4 +108,4 @@ def conv2d_relu_maxpool2_backward(dy: np.ndarray, cache: ConvPoolCache, *,
         return dz
 
     return run_backward(x, w, g, algo, opts, dy, need_dx=need_dx, has_bias=has_bias,
-                        dz_of=dz_of, shared=shared)
+                        dz_of=dz_of, shared=shared, need_dw=need_dw)
