@@ -406,7 +406,9 @@ class _Trainer:
                     # RUN/checkpoints/x.npz: the run it belongs to is read-only as well
                     ins.append((ckpt.parent.parent, "the --init-from run"))
         if self.data is None:
-            self.data = meta.get("data") if isinstance(meta.get("data"), str) else None
+            from cnncli.train.predict import recorded_data
+
+            self.data = recorded_data(meta)
             if self.data is None:
                 raise CnnError("no data set: give --data (the checkpoint does not say which)")
         ins += [(self.data, "the data set"),
@@ -547,7 +549,7 @@ class _Trainer:
         """config.yaml and spec.yaml: with the first checkpoint, so a folder that has them
         has a resumable run."""
         run_dir = self.run_dir
-        settings = {"spec": self.spec.file, "data": str(Path(self.data).resolve()),
+        settings = {"spec": self.spec.file, "data": str(self.data),
                     "training": self.config.to_dict()}
         if self.world.size > 1:
             settings["world_size"] = self.world.size  # mpiexec -n; a resume must match
@@ -796,7 +798,8 @@ class _Trainer:
             "rng": self.streams.states(), "history": self.history,
             "best_value": self.best_value, "since_best": self.since_best,
             "monitor": self.monitor, "loss": config.loss,
-            "data": str(Path(self.data).resolve()), "world_size": self.world.size,
+            "data": str(self.data), "data_resolved": str(Path(self.data).resolve()),
+            "world_size": self.world.size,
         }
         if self.world.size > 1:
             meta["rng_ranks"] = self.rank_streams
