@@ -635,12 +635,47 @@ def warp_affine_batch(x, mats, out, fill, mode, bilinear):
     return out
 
 
-def warm_up() -> None:
-    """Compile (or load from numba's on-disk cache) every kernel for uint8 and uint16 images.
+def _warp_calls(packed: bool) -> list[tuple]:
+    """(kernel, argument types) of the warps of 8-bit images a run makes: read-only and
+    writable sources (decoded images are read-only, intermediate results are not)."""
+    import numba
+
+    calls = []
+    m = numba.typeof(np.eye(3)[:2].copy())
+    for writable in (True, False):
+        src = np.zeros((4, 4, 3), np.uint8)
+        src.setflags(write=writable)
+        fill = np.zeros(3, np.uint8)
+        fill.setflags(write=False)  # as functional's cached fill vectors are
+        calls.append((warp_affine, (numba.typeof(src), m, numba.typeof(src[:2, :2].copy()),
+                                    numba.typeof(fill), numba.int64, numba.boolean)))
+        if packed:
+            words = np.zeros((4, 4), np.uint32)
+            words.setflags(write=writable)
+            calls.append((warp_affine_packed,
+                          (numba.typeof(words), m, numba.typeof(words.copy()),
+                           numba.typeof(fill), numba.int64, numba.boolean, numba.int64)))
+    return calls
+
+
+def warps_ready(packed: bool) -> bool:
+    """Whether the warp kernels (the packed ones too with ``packed``), the costliest to
+    compile (2-3 s each), are compiled or in Numba's disk cache for some source layout."""
+    from cnncli.jit import not_ready
+
+    calls = _warp_calls(packed)
+    missing = not_ready(calls)
+    kernels = {id(k): k for k, _ in calls}.values()
+    return all(any(c not in missing for c in calls if c[0] is k) for k in kernels)
+
+
+def warm_up(packed: bool = True) -> None:
+    """Compile (or load from numba's on-disk cache) the kernels for 8-bit images (the packed
+    ones only with ``packed``); 16-bit images compile theirs on first use.
 
     Call once in a parent process before forking workers so that they inherit the machine code.
     """
-    for dtype in (np.uint8, np.uint16):
+    for dtype in (np.uint8,):
         for writable in (True, False):
             src = np.zeros((4, 4, 3), dtype)
             src.setflags(write=writable)  # read-only inputs compile to a separate signature
@@ -654,7 +689,7 @@ def warm_up() -> None:
             nbins = int(np.iinfo(dtype).max) + 1
             apply_luts(src, np.zeros((3, nbins), dtype), np.zeros_like(src))
             channel_histograms(src, nbins)
-    for channels in (3, 4):
+    for channels in (3, 4) if packed else ():
         for writable in (True, False):
             words = np.zeros((4, 4), np.uint32)
             words.setflags(write=writable)
@@ -670,8 +705,3 @@ def warm_up() -> None:
             apply_luts_packed(
                 words, np.zeros((channels, 256), np.uint32), np.zeros((4, 4), np.uint32)
             )
-    xb = np.zeros((1, 1, 4, 4), np.float32)
-    for bilinear in (True, False):
-        warp_affine_batch(
-            xb, np.eye(3)[None, :2], np.zeros((1, 1, 2, 2), np.float32), 0.0, 0, bilinear
-        )

@@ -23,6 +23,7 @@ composes into one table.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import math
 from collections.abc import Sequence
@@ -79,11 +80,18 @@ def to_rgbx(img: np.ndarray) -> np.ndarray:
     return K.pad_rgbx(np.ascontiguousarray(img), out)[..., :3]
 
 
+#: Whether 8-bit RGB(A) may take the packed kernels. The byte kernels give the same bytes; a
+#: run too small to repay compiling the packed ones (about 3 s on an empty Numba cache, for
+#: ~0.14 ms saved per 224x224 output) switches them off for its duration (runner.run).
+PACKED: contextvars.ContextVar[bool] = contextvars.ContextVar("cnncli_packed", default=True)
+
+
 def packed_words(img: np.ndarray, *, pad: bool = False) -> np.ndarray | None:
     """(H, W) uint32 words of an 8-bit RGB or RGBA image, one per pixel, for the packed kernels;
     None for other images. RGB must be held 4 bytes per pixel (:func:`to_rgbx`) unless ``pad``,
-    which copies it so (worth it when the kernel's work exceeds the copy's)."""
-    if img.dtype != np.uint8 or img.ndim != 3 or img.size == 0:
+    which copies it so (worth it when the kernel's work exceeds the copy's). None whenever
+    ``PACKED`` is off."""
+    if img.dtype != np.uint8 or img.ndim != 3 or img.size == 0 or not PACKED.get():
         return None
     if img.shape[2] == 4:
         full = img if img.flags.c_contiguous else (np.ascontiguousarray(img) if pad else None)

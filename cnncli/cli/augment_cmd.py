@@ -209,7 +209,10 @@ def _run_with_progress(
         def progress(done: int, total: int, _last: str) -> None:
             bar.update(task, completed=done, total=total)
 
-        return run(input, out, pipe, settings, progress=progress, **paths)
+        def note(text: str) -> None:
+            bar.console.print(text, highlight=False, markup=False)
+
+        return run(input, out, pipe, settings, progress=progress, on_note=note, **paths)
 
 
 def _render_summary(s: Any) -> None:

@@ -20,8 +20,8 @@ from cnncli.errors import CnnError, Terminated, interrupt_exit_code
 # colour off by itself when the stream is not a terminal, and honours NO_COLOR.
 stdout = Console()
 stderr = Console(stderr=True, soft_wrap=True)
-if not stdout.is_terminal:  # piped tables get room instead of the 80-column fallback
-    stdout.width = 160
+if not stdout.is_terminal and not os.environ.get("COLUMNS"):
+    stdout.width = 160  # piped tables get room instead of the 80-column fallback
 
 
 class OutputFormat(str, Enum):

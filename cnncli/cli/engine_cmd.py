@@ -64,7 +64,7 @@ def _gib(n: float) -> str:
 @app.command()
 @handle_errors
 def gradcheck(
-    spec: Annotated[Path, typer.Argument(help="Architecture YAML file.")],
+    spec: Annotated[Path, typer.Argument(metavar="SPEC", help="Architecture YAML file.")],
     input: Annotated[str | None, typer.Option("--input", "-i", help="Input HxWxC (small is fast).")] = None,
     batch: Annotated[int, typer.Option(min=1, help="Random images per check.")] = 2,
     samples: Annotated[int, typer.Option(min=1, help="Entries checked per tensor.")] = 12,
@@ -118,15 +118,16 @@ def gradcheck(
 @app.command(name="time")
 @handle_errors
 def time_cmd(
-    spec: Annotated[Path, typer.Argument(help="Architecture YAML file.")],
+    spec: Annotated[Path, typer.Argument(metavar="SPEC", help="Architecture YAML file.")],
     input: Annotated[str | None, typer.Option("--input", "-i", help="Input HxWxC.")] = None,
     batch: Annotated[int, typer.Option(min=1, help="Batch size.")] = 64,
     iterations: Annotated[int, typer.Option(min=1, help="Timed forward+backward passes.")] = 10,
     autotune: Annotated[bool, typer.Option("--autotune", help="Time each conv's candidate kernel paths first and keep the fastest (cached on disk).")] = False,
     format: Annotated[TableOrJson, typer.Option("--format", "-f")] = TableOrJson.table,
 ) -> None:
-    """Per-layer forward and backward times of a training step and the kernel path each
-    layer runs on (like Caffe's time verb and cuDNN's algorithm report)."""
+    """Per-layer forward and backward times of a training step, and each layer's kernel path.
+
+    Like Caffe's time verb and cuDNN's algorithm report."""
     import json
 
     from cnncli.engine import build_model

@@ -15,7 +15,7 @@ from cnncli.errors import ExitCode
 @app.command()
 @handle_errors
 def export(
-    source: Annotated[str, typer.Argument(help="Run folder, checkpoint .npz, or spec YAML (fresh weights).")],
+    source: Annotated[str, typer.Argument(metavar="SOURCE", help="Run folder, checkpoint .npz, or spec YAML (fresh weights).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="The .onnx file to write.")],
     seed: Annotated[int, typer.Option(help="Spec only: seed of the fresh weights.")] = 0,
     input: Annotated[str | None, typer.Option("--input", "-i", help="Spec only: input size HxWxC.")] = None,

@@ -26,7 +26,7 @@ class ShapesFormat(str, Enum):
 @app.command()
 @handle_errors
 def shapes(
-    spec: Annotated[str, typer.Argument(help="Architecture YAML file, ONNX model (.onnx), or - for stdin.")],
+    spec: Annotated[str, typer.Argument(metavar="SPEC", help="Architecture YAML file, ONNX model (.onnx), or - for stdin.")],
     input: Annotated[
         str | None, typer.Option("--input", "-i", help="Override the input, HxWxC.")
     ] = None,
@@ -138,7 +138,7 @@ def layers(
 @app.command()
 @handle_errors
 def calc(
-    kind: Annotated[str, typer.Argument(help="conv, deconv or pool.")],
+    kind: Annotated[str, typer.Argument(metavar="KIND", help="conv, deconv or pool.")],
     input: Annotated[str, typer.Option("--input", "-i", help="Input size HxWxC.")],
     filters: Annotated[int | None, typer.Option(help="conv/deconv: number of filters K.")] = None,
     kernel: Annotated[str, typer.Option(help="F, or FhxFw.")] = "3",
@@ -177,6 +177,9 @@ def calc(
         return
     if format is OutputFormat.csv:
         write_stdout(render.shapes_csv(report))
+        return
+    if format is OutputFormat.markdown:
+        write_stdout(render.shapes_markdown(report))
         return
     row = report["layers"][0]
     stdout.print(

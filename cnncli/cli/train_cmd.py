@@ -25,6 +25,14 @@ from cnncli.errors import CnnError, ExitCode, interrupt_exit_code
 DEFAULT_DATA = Path("sample_data/mnist")
 
 
+_PLURALS = {"epoch": "epochs", "batch": "batches"}
+
+
+def _count(n: int, noun: str) -> str:
+    """``1 epoch``, ``20 epochs``, ``1 batch``, ``63 batches``."""
+    return f"{n} {noun if n == 1 else _PLURALS[noun]}"
+
+
 class _Progress:
     """Renders training events on stderr: a live bar on a terminal, plain lines otherwise."""
 
@@ -42,6 +50,11 @@ class _Progress:
 
     def on_note(self, d: dict[str, Any]) -> None:
         info(d["text"])
+
+    def on_compiling(self, d: dict[str, Any]) -> None:
+        from cnncli.jit import COMPILING_NOTE
+
+        info(COMPILING_NOTE)
 
     def on_autotune(self, d: dict[str, Any]) -> None:
         info(f"autotune: {d['convs']} convolutions planned from timings "
@@ -69,8 +82,8 @@ class _Progress:
         info(f"input rule: {d['fit_rule']}")
 
     def on_start(self, d: dict[str, Any]) -> None:
-        info(f"training {d['params']:,} parameters for {d['epochs']} epochs "
-             f"({d['batches']} batches each) -> {d['run_dir']}"
+        info(f"training {d['params']:,} parameters for {_count(d['epochs'], 'epoch')} "
+             f"({_count(d['batches'], 'batch')} each) -> {d['run_dir']}"
              + (f", resuming after epoch {d['start_epoch']}" if d["start_epoch"] else ""))
         if self.live:
             from rich.progress import (
@@ -81,15 +94,19 @@ class _Progress:
                 TimeRemainingColumn,
             )
 
+            # one bar for the whole run, so that the time left is the run's, not the epoch's
+            self.first_epoch, self.epochs = d["start_epoch"], d["epochs"]
             self.bar = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(),
                                 MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
                                 TimeRemainingColumn(), console=stderr, transient=True)
             self.bar.start()
-            self.task = self.bar.add_task("train", total=d["batches"], epoch="-", stats="")
+            total = d["batches"] * max(1, d["epochs"] - d["start_epoch"])
+            self.task = self.bar.add_task("train", total=total, epoch="-", stats="")
 
     def on_batch(self, d: dict[str, Any]) -> None:
         if self.bar is not None:
-            self.bar.update(self.task, completed=d["batch"], epoch=d["epoch"],
+            done = (d["epoch"] - 1 - self.first_epoch) * d["batches"] + d["batch"]
+            self.bar.update(self.task, completed=done, epoch=f"{d['epoch']}/{self.epochs}",
                             stats=f"loss {d['loss']:.4f} acc {d['accuracy']:.2%} "
                                   f"{d['images_per_second']:,.0f} img/s")
 
@@ -108,7 +125,8 @@ class _Progress:
             info(" | ".join(parts) + (" *" if d["improved"] else ""))
 
     def on_early_stop(self, d: dict[str, Any]) -> None:
-        info(f"early stopping after epoch {d['epoch']}: no improvement for {d['patience']} epochs")
+        info(f"early stopping after epoch {d['epoch']}: no improvement for "
+             f"{_count(d['patience'], 'epoch')}")
 
     def close(self) -> None:
         if self.bar is not None:
@@ -168,6 +186,10 @@ def train(
         spec = load_spec(arch)
         cfg = resolve_config(spec.training, config, flags)
         data_path = data or DEFAULT_DATA
+        if data is None and not DEFAULT_DATA.exists():
+            raise CnnError(f"no --data given, and the default, {DEFAULT_DATA} (the MNIST subset "
+                           "shipped in the repository), is not here: run from the repository "
+                           "folder or pass --data FOLDER_OR_NPZ")
         out_dir = out or Path("runs") / f"{arch.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
         if comm is not None:
             out_dir = comm.bcast(out_dir)  # rank 0's clock names the run for every rank
@@ -215,7 +237,7 @@ def train(
         return
     test = summary["test_accuracy"]
     stdout.print(
-        f"done: {summary['epochs']} epochs"
+        f"done: {_count(summary['epochs'], 'epoch')}"
         + (" (stopped early: no improvement)" if summary["stopped_early"] else "") + ", "
         + (f"test accuracy {test:.2%} (loss {summary['test_loss']:.4f}), " if test is not None
            else "")
@@ -257,7 +279,7 @@ def _mpi_world() -> Any:
 @app.command()
 @handle_errors
 def evaluate(
-    checkpoint: Annotated[Path, typer.Argument(help="Run folder (uses its best checkpoint) or .npz.")],
+    checkpoint: Annotated[Path, typer.Argument(metavar="RUN", help="Run folder (uses its best checkpoint) or .npz.")],
     data: Annotated[Path | None, typer.Option(help="Dataset (default: the one trained on).")] = None,
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="k for top-k accuracy.")] = 5,
     confusion_csv: Annotated[Path | None, typer.Option(help="Write the confusion matrix as CSV.")] = None,
@@ -298,6 +320,9 @@ def evaluate(
                   f"{r['support']}" for r in rep["per_class"]]
         write_stdout("\n".join(lines))
         return
+    if format is OutputFormat.markdown:
+        write_stdout(_evaluation_markdown(rep, classes))
+        return
     from rich.table import Table
 
     k = rep["top_k"]
@@ -323,11 +348,27 @@ def evaluate(
     stdout.print(cm)
 
 
+def _evaluation_markdown(rep: dict[str, Any], classes: list[str]) -> str:
+    """The evaluation report as Markdown: a summary line and two pipe tables."""
+    k = rep["top_k"]
+    lines = [f"`{rep['checkpoint']}` on `{rep['data']}` ({rep['split']}, {rep['images']} "
+             f"images): loss {rep['loss']:.4f}, accuracy {rep['accuracy']:.2%}, "
+             f"top-{k} {rep[f'top{k}_accuracy']:.2%}, macro F1 {rep['macro_f1']:.4f}", "",
+             "| class | precision | recall | F1 | support |", "|:--|--:|--:|--:|--:|"]
+    lines += [f"| {r['class']} | {r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} | "
+              f"{r['support']} |" for r in rep["per_class"]]
+    lines += ["", "Confusion matrix (rows: true class, columns: predicted)", "",
+              "| | " + " | ".join(classes) + " |", "|:--|" + "--:|" * len(classes)]
+    lines += [f"| {c} | " + " | ".join(map(str, row)) + " |"
+              for c, row in zip(classes, rep["confusion_matrix"])]
+    return "\n".join(lines)
+
+
 @app.command()
 @handle_errors
 def predict(
-    checkpoint: Annotated[Path, typer.Argument(help="Run folder or checkpoint .npz.")],
-    images: Annotated[list[str] | None, typer.Argument(help="Image files or folders; - reads paths from stdin.")] = None,
+    checkpoint: Annotated[Path, typer.Argument(metavar="RUN", help="Run folder or checkpoint .npz.")],
+    images: Annotated[list[str] | None, typer.Argument(metavar="IMAGES", help="Image files or folders; - reads paths from stdin.")] = None,
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Labels per image.")] = 3,
     format: Annotated[TableOrJson, typer.Option("--format", "-f", help="table or json (JSON lines).")] = TableOrJson.table,
 ) -> None:

@@ -22,8 +22,8 @@ viz = typer.Typer(
 )
 app.add_typer(viz, name="viz")
 
-RunArg = Annotated[Path, typer.Argument(help="Run folder (its best checkpoint) or checkpoint .npz.")]
-ImageArg = Annotated[Path, typer.Argument(help="Image file (fitted and normalised as cnn predict does).")]
+RunArg = Annotated[Path, typer.Argument(metavar="RUN", help="Run folder (its best checkpoint) or checkpoint .npz.")]
+ImageArg = Annotated[Path, typer.Argument(metavar="IMAGE", help="Image file (fitted and normalised as cnn predict does).")]
 
 
 class FilterScale(str, Enum):
@@ -243,7 +243,7 @@ def cam(
 @viz.command("graph")
 @handle_errors
 def graph(
-    spec: Annotated[str, typer.Argument(help="Architecture YAML file, or - for stdin.")],
+    spec: Annotated[str, typer.Argument(metavar="SPEC", help="Architecture YAML file, or - for stdin.")],
     out: Annotated[str, typer.Option("--out", "-o", help="net.dot (or .gv), net.svg or net.png (those two need Graphviz), or - for DOT on stdout.")],
     input: Annotated[str | None, typer.Option("--input", "-i", help="Override the input, HxWxC.")] = None,
 ) -> None:
@@ -283,7 +283,7 @@ def graph(
 @viz.command("curves")
 @handle_errors
 def curves(
-    run: Annotated[Path, typer.Argument(help="Run folder (also while it trains) or checkpoint .npz.")],
+    run: Annotated[Path, typer.Argument(metavar="RUN", help="Run folder (also while it trains) or checkpoint .npz.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="PNG file to write.")],
 ) -> None:
     """Loss and accuracy per epoch of a run, re-plotted from its metrics."""

@@ -4,6 +4,8 @@
 
 * a folder with MNIST-style IDX files (``train-images-idx3-ubyte[.gz]``,
   ``train-labels-idx1-ubyte[.gz]``, optionally ``t10k-*`` or ``test-*``): :mod:`.idx`;
+* a folder of CIFAR-10 or CIFAR-100 binary batches (``data_batch_*.bin``, ``test_batch.bin``;
+  ``train.bin``, ``test.bin``): :mod:`.cifar`;
 * an ``.npz`` file (``x_train``, ``y_train``, ``x_test``, ``y_test``): :mod:`.npz`;
 * a folder of class subfolders (optionally under ``train/``, ``val/``, ``test/``): :mod:`.folders`.
 
@@ -167,7 +169,7 @@ def _idx_files(folder: Path) -> dict[str, tuple[Path | None, Path | None]]:
 
 
 def detect_format(path: Path) -> str:
-    """ "idx", "npz" or "folder" for what ``path`` holds; DataError if none of them."""
+    """ "idx", "cifar", "npz" or "folder" for what ``path`` holds; DataError if none."""
     if not path.exists():
         raise DataError(f"{path}: no such file or folder")
     if path.is_file():
@@ -178,6 +180,10 @@ def detect_format(path: Path) -> str:
         files = _idx_files(path)
         if any(f is not None for pair in files.values() for f in pair):
             return "idx"
+        from cnncli.data.cifar import is_cifar_folder
+
+        if is_cifar_folder(path):
+            return "cifar"
         from cnncli.data.folders import is_image_folder
 
         if is_image_folder(path):
@@ -185,8 +191,8 @@ def detect_format(path: Path) -> str:
     except OSError as exc:
         raise DataError(f"{path}: cannot read folder ({exc.strerror or exc})") from None
     raise DataError(
-        f"{path}: unknown data format (no MNIST IDX files, no .npz, no class subfolders "
-        "with images)"
+        f"{path}: unknown data format (no MNIST IDX files, no CIFAR .bin batches, no .npz, "
+        "no class subfolders with images)"
     )
 
 
@@ -280,6 +286,10 @@ def load_dataset(
         src = read_npz(path)
     elif fmt == "idx":
         src = _read_idx_folder(path)
+    elif fmt == "cifar":
+        from cnncli.data.cifar import read_cifar_folder
+
+        src = read_cifar_folder(path, num_classes)
     else:
         from cnncli.data.folders import read_image_folder
 

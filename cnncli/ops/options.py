@@ -38,9 +38,9 @@ class EngineOptions:
     #: ... and their weight gradient too when a filter has at most this many taps.
     direct_max_taps: int = 32
     #: Stride-1 convs whose per-image column matrix and weight matrix each have at most
-    #: this many entries run per-image im2col + one batched matmul (LeNet's C3; not
+    #: this many entries run per-image im2col + one batched matmul (LeNet's C1 and C3; not
     #: ResNet's wide layers on small maps, whose per-image GEMMs would be tiny).
-    batched_max_cols: int = 16384
+    batched_max_cols: int = 20000
     #: Target size of one chunk's column matrix on the im2col + GEMM path.
     chunk_bytes: int = 1 << 20
     #: Depthwise (and channel-multiplier) convs run direct kernels instead of grouped GEMMs.

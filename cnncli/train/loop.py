@@ -342,9 +342,31 @@ class _Trainer:
         self.monitor = "val_accuracy" if self.splits.val is not None else "train_loss"
         self.stopped_early = False
         self.first_batch_time: float | None = None  # wall clock, for start-up benchmarks
+        self._announce_compiling()
         self._plot_at, self._plot_cost, self._plotted = time.perf_counter(), 0.0, 0  # curves
 
     # -- setup ----------------------------------------------------------------------------
+
+    def _announce_compiling(self) -> None:
+        """Say so (a "compiling" event) when a training step has kernels to compile: a
+        throw-away model with the same plan finds them (cnncli.jit); cached ones load now."""
+        from cnncli import jit
+        from cnncli.data.dataset import batches
+        from cnncli.engine.model import Model
+
+        def step() -> None:
+            model = Model(self.model.network, dtype=self.model.dtype,
+                          rng=np.random.default_rng(0), options=self.model.options)
+            if getattr(self.model, "_algos", None) is not None:
+                model.replan(algos=self.model._algos)
+            xb, _ = next(batches(self.splits.train, 2, shuffle=False))
+            out = model.forward(xb, training=True, logits=self.config.loss == "cross_entropy")
+            model.backward(np.ones_like(out), input_grad=False)
+
+        missing = jit.not_ready(jit.discover(step))
+        if missing:
+            self.emit("compiling", {"kernels": len(missing)})
+
 
     def _open(self, spec_source: Any, out: str | Path, resume: str | Path | None,
               epochs: int | None, overwrite: bool, inputs: Inputs) -> None:
@@ -384,7 +406,9 @@ class _Trainer:
                     # RUN/checkpoints/x.npz: the run it belongs to is read-only as well
                     ins.append((ckpt.parent.parent, "the --init-from run"))
         if self.data is None:
-            self.data = meta.get("data") if isinstance(meta.get("data"), str) else None
+            from cnncli.train.predict import recorded_data
+
+            self.data = recorded_data(meta)
             if self.data is None:
                 raise CnnError("no data set: give --data (the checkpoint does not say which)")
         ins += [(self.data, "the data set"),
@@ -525,7 +549,7 @@ class _Trainer:
         """config.yaml and spec.yaml: with the first checkpoint, so a folder that has them
         has a resumable run."""
         run_dir = self.run_dir
-        settings = {"spec": self.spec.file, "data": str(Path(self.data).resolve()),
+        settings = {"spec": self.spec.file, "data": str(self.data),
                     "training": self.config.to_dict()}
         if self.world.size > 1:
             settings["world_size"] = self.world.size  # mpiexec -n; a resume must match
@@ -774,7 +798,8 @@ class _Trainer:
             "rng": self.streams.states(), "history": self.history,
             "best_value": self.best_value, "since_best": self.since_best,
             "monitor": self.monitor, "loss": config.loss,
-            "data": str(Path(self.data).resolve()), "world_size": self.world.size,
+            "data": str(self.data), "data_resolved": str(Path(self.data).resolve()),
+            "world_size": self.world.size,
         }
         if self.world.size > 1:
             meta["rng_ranks"] = self.rank_streams

@@ -50,7 +50,18 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path | None = None,
 
 
 def _default_data(meta: dict[str, Any]) -> str:
-    return meta.get("data") or "sample_data/mnist"
+    return recorded_data(meta) or "sample_data/mnist"
+
+
+def recorded_data(meta: dict[str, Any]) -> str | None:
+    """The data set a checkpoint was trained on: the path as it was given when that still
+    exists from here (so reports show what the user typed), else the absolute path recorded
+    next to it (``data_resolved``), for commands run from another folder."""
+    given, resolved = meta.get("data"), meta.get("data_resolved")
+    given = given if isinstance(given, str) else None
+    if given is not None and (Path(given).is_absolute() or Path(given).exists()):
+        return given
+    return resolved if isinstance(resolved, str) else given
 
 
 def evaluation_inputs(checkpoint: str | Path,

@@ -301,7 +301,7 @@ def test_early_stopping_says_so(tmp_path: Path, data: dict[str, Path]) -> None:
     rows = metrics(run)
     assert len(rows) < 30
     assert rows[-1]["val_accuracy"] <= max(r["val_accuracy"] for r in rows[:-1])
-    assert f"early stopping after epoch {len(rows)}: no improvement for 1 epochs" in result.stderr
+    assert f"early stopping after epoch {len(rows)}: no improvement for 1 epoch" in result.stderr
     assert "stopped early" in result.stdout
     assert json.loads((run / "summary.json").read_text())["stopped_early"] is True
 

@@ -82,7 +82,7 @@ def test_two_ranks_train_as_one_process_and_resume_needs_the_same_count(subset, 
 
     mpi = cnn_mpi(2, "train", *common, "--out", two)
     assert mpi.returncode == 0, mpi.stderr
-    assert mpi.stdout.count("done: 1 epochs") == 1  # rank 0 alone prints
+    assert mpi.stdout.count("done: 1 epoch,") == 1  # rank 0 alone prints
     assert mpi.stderr.count("epoch   1") == 1
     assert_close(weights(two), weights(one))
     assert "world_size: 2" in (two / "config.yaml").read_text()
