@@ -116,7 +116,10 @@ class Model:
 
     def __init__(self, network: Network, *, dtype: Any = np.float32, seed: int | None = 0,
                  rng: np.random.Generator | None = None,
-                 options: EngineOptions | None = None) -> None:
+                 options: EngineOptions | None = None,
+                 params_of: Model | None = None) -> None:
+        """``params_of``: share that model's parameter arrays (no initialisation) and copy
+        its buffers: a throw-away twin whose passes cannot change the original's state."""
         self.network = network
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float64):
@@ -127,11 +130,14 @@ class Model:
         self.buffers: dict[str, np.ndarray] = {}
         self.grads: dict[str, np.ndarray] = {}
         self._param_node: dict[str, str] = {}  # parameter name -> its node's path
+        self._given = params_of.state if params_of is not None else None
         self._init(network.nodes, rng, None)
+        self._given = None
         from cnncli.freeze import frozen_paths
 
         #: Paths of the frozen nodes (``trainable: false`` in the spec, or :meth:`freeze`).
-        self.frozen: frozenset[str] = frozen_paths(network.nodes)
+        self.frozen: frozenset[str] = (params_of.frozen if params_of is not None
+                                       else frozen_paths(network.nodes))
         self._cache: list | None = None
         #: Set to a dict to record every node's output shape (N, ...) on the next forward.
         self.trace: dict[str, tuple[int, ...]] | None = None
@@ -172,8 +178,12 @@ class Model:
                 continue
             own = node.layer.cfg.get("activation")
             nonlin = own[0] if isinstance(own, tuple) else follow
-            arrays = node.layer.init(node, rng, self.dtype, nonlin) if (
-                node.params or node.buffers) else {}
+            if self._given is not None:
+                arrays = {k: v if k in node.params else v.copy()
+                          for k, v in self._given[node.path].items()}
+            else:
+                arrays = node.layer.init(node, rng, self.dtype, nonlin) if (
+                    node.params or node.buffers) else {}
             self.state[node.path] = arrays
             for k in node.params:
                 self.params[f"{node.path}.{k}"] = arrays[k]

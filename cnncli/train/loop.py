@@ -349,14 +349,17 @@ class _Trainer:
 
     def _announce_compiling(self) -> None:
         """Say so (a "compiling" event) when a training step has kernels to compile: a
-        throw-away model with the same plan finds them (cnncli.jit); cached ones load now."""
+        throw-away twin with the same plan finds them (cnncli.jit); cached ones load now.
+        The twin shares the parameters (no second initialisation: VGG-16 at 224x224 took
+        3.6 s and 550 MB more) and copies the buffers, which a training pass updates."""
         from cnncli import jit
         from cnncli.data.dataset import batches
         from cnncli.engine.model import Model
 
         def step() -> None:
             model = Model(self.model.network, dtype=self.model.dtype,
-                          rng=np.random.default_rng(0), options=self.model.options)
+                          rng=np.random.default_rng(0), options=self.model.options,
+                          params_of=self.model)
             if getattr(self.model, "_algos", None) is not None:
                 model.replan(algos=self.model._algos)
             xb, _ = next(batches(self.splits.train, 2, shuffle=False))

@@ -252,3 +252,22 @@ def test_cnn_train_autotune(tmp_path, monkeypatch):
     assert len(json.loads(default_cache_file().read_text())["entries"]) == 3
     again = CliRunner().invoke(app, args + ["--out", str(tmp_path / "run2")])
     assert "(0 timed now, 3 from the cache)" in again.stderr
+
+
+def test_a_twin_shares_parameters_and_copies_buffers():
+    """Model(params_of=m), the throw-away twin of cnn train's compile check: no second
+    initialisation, and its training passes leave m's running statistics alone."""
+    import numpy as np
+
+    from cnncli.engine.model import Model, build_model
+
+    m = build_model("architectures/resnet18.yaml", input_shape=(32, 32, 3), seed=1)
+    twin = Model(m.network, params_of=m)
+    assert all(twin.params[k] is v for k, v in m.params.items())
+    assert all(twin.buffers[k] is not v and np.array_equal(twin.buffers[k], v)
+               for k, v in m.buffers.items())
+    before = {k: v.copy() for k, v in m.buffers.items()}
+    x = np.random.default_rng(0).normal(size=(2, 3, 32, 32)).astype(np.float32)
+    twin.forward(x, training=True)
+    assert any(not np.array_equal(twin.buffers[k], before[k]) for k in before)
+    assert all(np.array_equal(m.buffers[k], before[k]) for k in before)
