@@ -7,7 +7,7 @@ Five parts, float32, for a batch of N images trained with a given optimizer:
   model keeps them until the next one);
 * optimizer state: per trainable parameter, the optimizer's buffers (SGD momentum 1,
   Adam 2, ...) and the scratch arrays it writes (:meth:`cnncli.optim.Optimizer.scratch_used`: 1,
-  2 with coupled weight decay);
+  2 with coupled weight decay; none for arrays SGD updates in its fused kernel);
 * activations the backward pass keeps: walked over the engine's own plan
   (:func:`cnncli.engine.plan.build_plan`, so fusions count as the engine runs them), each
   layer saying what its forward caches (:meth:`cnncli.layers.base.Layer.kept`). Arrays are
@@ -165,14 +165,21 @@ def workspace_elements(network: Any, batch: int, logits: bool = True) -> dict[st
     return out
 
 
-def optimizer_arrays(optimizer: str, **hparams: Any) -> tuple[int, int]:
-    """(state buffers, scratch arrays written) the optimizer keeps per trainable parameter.
-    It allocates SCRATCH (2) scratch arrays, but one of them is only written with coupled
-    weight decay; never-written pages take no memory, so it is not counted otherwise."""
+def optimizer_arrays(optimizer: str, size: int = 1, **hparams: Any) -> tuple[int, int]:
+    """(state buffers, scratch arrays written) the optimizer keeps per element of a
+    trainable parameter array of ``size`` elements. Ufunc steps allocate SCRATCH (2) scratch
+    arrays, but one of them is only written with coupled weight decay (never-written pages
+    take no memory); SGD's fused kernel, for large arrays, writes none."""
     from cnncli.optim import make_optimizer
 
     opt = make_optimizer(optimizer, **hparams)
-    return opt.state_buffers(), opt.scratch_used()
+    return opt.state_buffers(), opt.scratch_used(size)
+
+
+def _fused_min(optimizer: str) -> int | None:
+    from cnncli.optim import FUSED_MIN
+
+    return FUSED_MIN if optimizer == "sgd" else None
 
 
 def memory_rows(network: Any, rows: list[dict], batch: int, optimizer: str = "sgd",
@@ -184,18 +191,25 @@ def memory_rows(network: Any, rows: list[dict], batch: int, optimizer: str = "sg
     if optimizer == "sgd" and "momentum" not in hparams:
         hparams["momentum"] = 0.9  # cnn train's default for sgd
     buffers, scratch = optimizer_arrays(optimizer, **hparams)
+    arrays = {n.path: [prod(s) for s in n.params.values()]
+              for top in network.nodes for n in top.walk()}
     per_image, fixed, transient = kept_activations(network)
     for r in rows:
         trainable = r["trainable_params"]
         r["param_bytes"] = (r["params"] + r["non_trainable"]) * BYTES
         r["grad_bytes"] = trainable * BYTES
-        r["optimizer_bytes"] = trainable * (buffers + scratch) * BYTES
+        sizes = arrays.get(r["name"], []) if trainable == sum(arrays.get(r["name"], [])) \
+            else [trainable]
+        r["optimizer_bytes"] = sum(
+            k * sum(optimizer_arrays(optimizer, k, **hparams)) for k in sizes) * BYTES
         r["kept_bytes"] = per_image.get(r["name"], 0) * batch + fixed.get(r["name"], 0)
     totals = {
         "optimizer": optimizer,
         "optimizer_settings": hparams,
         "optimizer_buffers_per_param": buffers,
         "optimizer_scratch_per_param": scratch,
+        # arrays at least this large get no scratch (SGD's fused kernel); None: all do
+        "optimizer_scratch_below": _fused_min(optimizer),
         "param_bytes": sum(r["param_bytes"] for r in rows),
         "grad_bytes": sum(r["grad_bytes"] for r in rows),
         "optimizer_bytes": sum(r["optimizer_bytes"] for r in rows),

@@ -133,9 +133,10 @@ class Optimizer:
     def _update(self, name: str, p: np.ndarray, g: np.ndarray) -> None:
         raise NotImplementedError
 
-    def scratch_used(self) -> int:
-        """How many of the SCRATCH arrays a step writes (so the OS gives them pages): the
-        second always, the first only for coupled L2 decay (``_with_l2``)."""
+    def scratch_used(self, size: int = 1) -> int:
+        """How many of the SCRATCH arrays a step writes (so the OS gives them pages) for a
+        parameter of ``size`` elements: the second always, the first only for coupled L2
+        decay (``_with_l2``)."""
         return 2 if self.weight_decay and not getattr(self, "DECOUPLED", False) else 1
 
     def state_buffers(self) -> int:
@@ -194,6 +195,11 @@ class Optimizer:
         self._buf = bufs
 
 
+#: Parameters with fewer elements than this step as ufuncs: the passes cost microseconds
+#: there, and a run with none larger (LeNet-5) never compiles the kernel (0.5 s cold).
+FUSED_MIN = 1 << 16
+
+
 class SGD(Optimizer):
     """Stochastic gradient descent with optional (Nesterov) momentum and L2 decay."""
 
@@ -225,16 +231,47 @@ class SGD(Optimizer):
     def state_buffers(self) -> int:
         return 1 if self.momentum else 0
 
+    def scratch_used(self, size: int = 1) -> int:
+        if size >= FUSED_MIN:
+            return 0  # one fused pass (cnncli._optim_kernels), no temporaries
+        return super().scratch_used(size)
+
     def _update(self, name: str, p: np.ndarray, g: np.ndarray) -> None:
+        per = self._buf["momentum_buffer"]
+        first = bool(self.momentum) and name not in per
+        if self.momentum:
+            buf = per[name] = np.empty_like(p) if first else self._state("momentum_buffer",
+                                                                          name, p)
+        else:
+            buf = p  # never touched: the kernel reads buf only with momentum
+        if not (p.size >= FUSED_MIN and p.flags.c_contiguous and g.flags.c_contiguous
+                and g.dtype == p.dtype and p.dtype in (np.float32, np.float64)):
+            self._update_ufuncs(name, p, g, buf, first)
+            return
+        from cnncli._optim_kernels import sgd_step
+        from cnncli.ops._threads import over_batch
+
+        t = p.dtype.type
+        args = (t(self.weight_decay), t(self.momentum), t(1.0 - self.dampening), t(-self.lr),
+                first, self.nesterov)
+        pf, gf, bf = p.reshape(-1), g.reshape(-1), buf.reshape(-1)
+
+        def part(lo: int, hi: int, _i: int) -> None:
+            sgd_step(pf[lo:hi], gf[lo:hi], bf[lo:hi], *args)
+
+        over_batch(part, pf.size, min_items=1 << 16)
+
+    def _update_ufuncs(self, name: str, p: np.ndarray, g: np.ndarray, buf: np.ndarray,
+                       first: bool) -> None:
+        """The same arithmetic as ufuncs, bit for bit: for small parameters and for arrays
+        the kernel does not take (strided views, mixed dtypes)."""
         s1, s2 = self._tmp(name, p, 2)
         g = self._with_l2(p, g, s1)
         update = g
         if self.momentum:
-            per = self._buf["momentum_buffer"]
-            if name not in per:  # torch: buf = clone(grad) on the first step, undamped
-                buf = per[name] = np.array(g, dtype=p.dtype, copy=True)
+            if first:  # torch: buf = clone(grad) on the first step, undamped
+                np.copyto(buf, g)
             else:
-                buf = self._state("momentum_buffer", name, p)
                 np.multiply(buf, self.momentum, out=buf)
                 if self.dampening:
                     np.multiply(g, 1.0 - self.dampening, out=s2)

@@ -102,11 +102,15 @@ def memory_lines(m: dict[str, Any] | None) -> list[str]:
     if not m:
         return []
     opt = m["optimizer"] + "".join(f", {k} {v:g}" for k, v in m["optimizer_settings"].items())
+    below = m.get("optimizer_scratch_below")
+    scratch = f"{m['optimizer_scratch_per_param']} scratch"
+    if below and m["optimizer_scratch_per_param"]:
+        scratch += f" for arrays under {below:,} elements"
     return [
         f"Training memory ({opt}; batch {m['batch']}): parameters "
         f"{human_bytes(m['param_bytes'])} + gradients {human_bytes(m['grad_bytes'])} + "
         f"optimizer {human_bytes(m['optimizer_bytes'])} ({m['optimizer_buffers_per_param']} "
-        f"state + {m['optimizer_scratch_per_param']} scratch per parameter) + kept "
+        f"state per parameter + {scratch}) + kept "
         f"activations {human_bytes(m['kept_bytes'])} + backward transient "
         f"{human_bytes(m['transient_bytes'])} = {human_bytes(m['total_bytes'])}",
     ]

@@ -128,3 +128,25 @@ def test_cli_shapes_memory_json():
     assert m["workspace_bytes"] > 0
     bad = CliRunner().invoke(app, ["shapes", str(ARCH / "lenet5.yaml"), "--optimizer", "x"])
     assert bad.exit_code == 2 and "unknown optimizer" in bad.output
+
+
+@pytest.mark.parametrize("hp", [{}, {"weight_decay": 1e-4}])
+def test_sgd_optimizer_bytes_equal_what_a_step_writes(hp):
+    """ResNet-18 mixes arrays SGD updates in its fused kernel (no scratch) with small ones
+    it updates as ufuncs (scratch): the estimate must count each array by its own path."""
+    from cnncli.memory import memory_rows
+    from cnncli.shapes import shape_report
+
+    model = build_model(ARCH / "resnet18.yaml", seed=0, input_shape=(32, 32, 3))
+    rep = shape_report(model.network)
+    m = memory_rows(model.network, rep["layers"], 2, "sgd", momentum=0.9, **hp)
+    opt = make_optimizer("sgd", lr=0.1, momentum=0.9, **hp)
+    params = model.trainable_params
+    grads = {k: np.full_like(v, 0.5) for k, v in params.items()}
+    for _ in range(2):
+        opt.step(params, grads)
+    held = sum(a.nbytes for per in opt._buf.values() for a in per.values())
+    written = 1 + bool(hp)  # scratch arrays a ufunc step writes (the second is decay's)
+    held += sum(s[0].nbytes * written for s in opt._scratch.values())
+    assert 0 < len(opt._scratch) < len(params)  # both paths are exercised
+    assert m["optimizer_bytes"] == held
