@@ -293,9 +293,18 @@ class Conv(_ConvBase):
 
     def kept(self, node: Node, itemsize: int, *, logits: bool = False) -> Kept:
         """x (ConvCache) and y (the layer's cache, for a fused activation's derivative),
-        plus the pre-activation copy an activation keeps when y does not tell its branch."""
+        plus the pre-activation copy an activation keeps when y does not tell its branch,
+        and the kernel cut to its live taps (kept from the forward for the backward)."""
+        from cnncli.ops.options import DEFAULT
+
         a = act_kept(self.cfg.get("activation"), node, node.out_shape, itemsize, logits)
-        return Kept(input=True, output=True, per_image=a.per_image)
+        crop = self.algo(node, "float32", DEFAULT).crop
+        fixed = 0
+        if crop is not None:
+            kh, kw = crop.geometry.kernel
+            k, cg = node.params["weight"][:2]
+            fixed = k * cg * kh * kw * itemsize
+        return Kept(input=True, output=True, per_image=a.per_image, fixed=fixed)
 
     def workspaces(self, node: Node, algo: Any, batch: int, itemsize: int, options: Any, *,
                    need_dx: bool = True, logits: bool = False,
@@ -363,14 +372,19 @@ class Conv(_ConvBase):
         conv_cache, act_cache, ctx, y = cache
         need_dx = need_dx and getattr(ctx, "skip_input_grad", None) != node.path
         shared = getattr(ctx, "shared", None)
+        # a run that can take a cropped gradient (Model.backward puts it back) gets one
+        crops = getattr(ctx, "grad_crops", None)
+        crop = conv_cache.algo.crop if crops is not None and param_grads else None
         if act_cache[0] == "fused":
             dx, dw, db = conv.conv2d_backward(
                 dy, conv_cache, need_dx=need_dx, act=(act_cache[1], y), shared=shared,
-                need_dw=param_grads)
+                need_dw=param_grads, uncrop=crop is None)
         else:
             dz = self.backward_pre(dy, act_cache)
             dx, dw, db = conv.conv2d_backward(dz, conv_cache, need_dx=need_dx, shared=shared,
-                                              need_dw=param_grads)
+                                              need_dw=param_grads, uncrop=crop is None)
+        if crop is not None:
+            crops[f"{node.path}.weight"] = (conv_cache.w.shape, crop)
         _store(grads, dw, db)
         return dx
 

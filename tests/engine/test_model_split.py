@@ -251,3 +251,47 @@ def test_evaluation_backward_of_strided_max_pools_split(two_workers):
         np.testing.assert_allclose(dx, want[1], rtol=0, atol=1e-12)
         for k in grads:
             np.testing.assert_allclose(grads[k], want[2][k], rtol=0, atol=1e-12)
+
+
+CROP_SPEC = {"name": "k", "input": [4, 4, 3], "layers": [
+    {"conv": {"name": "a", "filters": 8, "kernel": 3, "padding": 1, "stride": 2}},  # 2x2
+    {"conv": {"name": "b", "filters": 16, "kernel": 3, "padding": 1, "stride": 2}},  # 1x1
+    {"conv": {"name": "c", "filters": 16, "kernel": 3, "padding": 1, "bias": False}},
+    {"batchnorm": {"name": "bn"}}, {"relu": {"name": "r"}},
+    "flatten", {"dense": {"name": "d", "units": 3}}]}
+
+
+@pytest.mark.parametrize("parallel_sum", [False, True])
+def test_cropped_gradients_are_summed_small_and_put_back_once(two_workers, monkeypatch,
+                                                              parallel_sum):
+    """Convs on maps so small that some taps read only padding hand back the gradient of
+    their live taps; the model sums the parts' small arrays (over the worker threads when
+    there is enough work) and puts each back to its full shape, zero at the dead taps:
+    the same gradients as a model that never crops."""
+    from cnncli.ops.options import EngineOptions
+
+    if parallel_sum:
+        monkeypatch.setattr(_threads, "MIN_PARALLEL_WORK", 0)
+    rng = np.random.default_rng(5)
+    n = 20
+    x = rng.standard_normal((n, 3, 4, 4))
+    dy = rng.standard_normal((n, 3))
+    model = build_model(CROP_SPEC, dtype=np.float64, seed=2)
+    crops = {p: s.kwargs["algo"].crop for p, s in model.plan.by_path.items()
+             if "algo" in s.kwargs}
+    assert crops["b"] is not None and crops["c"] is not None  # the 1x1 map: centre only
+    assert len(model._ranges(n)) == 2
+    plain = build_model(CROP_SPEC, dtype=np.float64, seed=2,
+                        options=EngineOptions(crop_taps=False))
+    assert all(s.kwargs["algo"].crop is None for s in plain.plan.by_path.values()
+               if "algo" in s.kwargs)
+    _, dx, grads = _pass(model, x, dy)
+    _, dx1, grads1 = _pass(plain, x, dy)
+    np.testing.assert_allclose(dx, dx1, rtol=0, atol=1e-12)
+    assert list(grads) == list(grads1)
+    for k in grads:
+        assert grads[k].shape == model.params[k].shape, k
+        np.testing.assert_allclose(grads[k], grads1[k], rtol=0, atol=1e-11, err_msg=k)
+    dead = np.ones((3, 3), bool)
+    dead[1, 1] = False
+    assert not grads["c.weight"][:, :, dead].any()  # exactly zero where nothing is read

@@ -109,9 +109,14 @@ class PassCache:
         self._lock = threading.Lock()
         self._items: dict = {}
 
-    def clear(self) -> None:
+    def clear(self, keep: tuple[str, ...] = ()) -> None:
+        """Forget what was prepared, except entries whose key starts with a name in
+        ``keep`` (a training forward keeps its cropped kernels for the backward)."""
         with self._lock:
-            self._items.clear()
+            if not keep:
+                self._items.clear()
+                return
+            self._items = {k: v for k, v in self._items.items() if k[0] in keep}
 
     def get(self, key, make):
         with self._lock:
@@ -133,13 +138,20 @@ def _effective_weights(w: np.ndarray, algo: ConvAlgo, shared: PassCache | None):
                      lambda: np.ascontiguousarray(w[:, :, crop.u0:crop.u1, crop.v0:crop.v1]))
 
 
-def _uncrop(dw: np.ndarray, w_shape, algo: ConvAlgo) -> np.ndarray:
+def _uncrop(dw: np.ndarray, w_shape, algo: ConvAlgo, uncrop: bool = True) -> np.ndarray:
     crop = algo.crop
     if crop is None:
         return dw.reshape(w_shape)
-    full = np.zeros(w_shape, dtype=dw.dtype)
     kh, kw = crop.geometry.kernel
-    full[:, :, crop.u0:crop.u1, crop.v0:crop.v1] = dw.reshape(w_shape[0], w_shape[1], kh, kw)
+    dw = dw.reshape(w_shape[0], w_shape[1], kh, kw)
+    return uncrop_grad(dw, w_shape, crop) if uncrop else dw
+
+
+def uncrop_grad(dw: np.ndarray, w_shape, crop) -> np.ndarray:
+    """The full [K, C/groups, kh, kw] weight gradient from the gradient of the live taps
+    ``dw`` (``crop``, a TapCrop): zero at the cut taps, which read only padding."""
+    full = np.zeros(w_shape, dtype=dw.dtype)
+    full[:, :, crop.u0:crop.u1, crop.v0:crop.v1] = dw
     return full
 
 
@@ -236,7 +248,8 @@ def run_forward(x, w, b, g: ConvGeometry, act, algo: ConvAlgo, opts: EngineOptio
 
 def run_backward(x, w, g: ConvGeometry, algo: ConvAlgo, opts: EngineOptions, dy, *,
                  need_dx: bool, has_bias: bool, act: tuple | None = None, dz_of=None,
-                 shared: PassCache | None = None, need_dw: bool = True):
+                 shared: PassCache | None = None, need_dw: bool = True,
+                 uncrop: bool = True):
     """(dx, dw, db) of y = act(conv2d(x, w) + b) given dy, on the paths of ``algo``.
 
     ``act=(name, y)``: dy is the gradient of y = act(z). ``dz_of(lo, hi, part)``, when
@@ -283,7 +296,7 @@ def run_backward(x, w, g: ConvGeometry, algo: ConvAlgo, opts: EngineOptions, dy,
         return dwp, db
 
     results = _threads.over_batch(part, n, work=2 * dy.size * ew[0].size)
-    dw = _uncrop(sum_parts([r[0] for r in results]), w.shape, algo)
+    dw = _uncrop(sum_parts([r[0] for r in results]), w.shape, algo, uncrop)
     db = sum_parts([r[1] for r in results]).astype(x.dtype) if has_bias else None
     return dx, dw, db
 
@@ -382,7 +395,7 @@ def conv2d_forward(
 def conv2d_backward(
     dy: np.ndarray, cache: ConvCache, *, need_dx: bool = True,
     act: tuple[str, np.ndarray] | None = None, shared: PassCache | None = None,
-    need_dw: bool = True,
+    need_dw: bool = True, uncrop: bool = True,
 ) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
     """(dx, dw, db) for L = sum(y * dy); dw and db are summed over the batch.
 
@@ -390,7 +403,10 @@ def conv2d_backward(
     gradient (the first layer of a network) and returns dx = None; ``need_dw=False`` (a
     frozen layer) skips the weight and bias gradients (dw = db = None). ``act=(name, y)``, for
     a forward pass run with ``act=name`` (``y`` its output), first multiplies dy by the
-    activation's derivative (part by part, in the worker threads).
+    activation's derivative (part by part, in the worker threads). ``uncrop=False``, for a
+    conv whose algo crops dead taps (``cache.algo.crop``), returns dw for the live taps
+    only: a model whose parts each compute a dw sums the small arrays and puts the sum
+    back once (``uncrop_grad``), instead of writing a full, mostly zero array per part.
     """
     x, w, has_bias, g, algo, opts = cache
     n, k = x.shape[0], w.shape[0]
@@ -402,7 +418,8 @@ def conv2d_backward(
                                      f"{FUSED_ACTIVATIONS} and y of shape {dy.shape}")
         act = (name, np.ascontiguousarray(y))
     return run_backward(x, w, g, algo, opts or DEFAULT, dy, need_dx=need_dx,
-                        has_bias=has_bias, act=act, shared=shared, need_dw=need_dw)
+                        has_bias=has_bias, act=act, shared=shared, need_dw=need_dw,
+                        uncrop=uncrop)
 
 
 # ---------------------------------------------------------------------------------------
