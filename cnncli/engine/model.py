@@ -316,6 +316,8 @@ class Model:
             return runs[p].run(nodes, x[lo:hi])
 
         with _threads.engine_region(), _threads.workspaces_of(self.workspaces):
+            if training:
+                self._prepare(shared, "fwd")
             results = _threads.run_parts(part, ranges,
                                          on_error=rdv.abort if rdv is not None else None)
         self._runs, self._ranges_run = runs, ranges
@@ -329,6 +331,49 @@ class Model:
         for (lo, hi), (yp, _) in zip(ranges, results):
             y[lo:hi] = yp
         return y
+
+    def _prepare(self, shared: Any, direction: str) -> None:
+        """Prepare the pass's derived weights (cropped kernels, Winograd transforms) into
+        ``shared`` before the parts start, shared out over the worker threads by size:
+        otherwise the first part to reach a conv prepares its weights while the others
+        wait, layer after layer."""
+        from cnncli.engine.plan import ConvPoolStep
+        from cnncli.ops import conv
+
+        todo = []
+        for step in self.plan.by_path.values():
+            node = step.node
+            if node.type != "conv":
+                continue
+            w = self.state[node.path]["weight"]
+            if isinstance(step, ConvPoolStep):
+                algo = conv.ConvAlgo("winograd", "winograd", "winograd")
+                if direction == "bwd":
+                    continue
+            else:
+                algo = step.kwargs.get("algo")
+                if algo is None:
+                    continue
+            todo += [p for p in conv.weight_preparations(w, algo, direction)
+                     if p[0] not in shared]
+        if not todo:
+            return
+        w = min(_threads.workers(), len(todo))
+        buckets: list[list] = [[] for _ in range(w)]
+        loads = [0] * w
+        for item in sorted(todo, key=lambda p: -p[2]):  # largest first, to the least loaded
+            b = loads.index(min(loads))
+            buckets[b].append(item)
+            loads[b] += item[2]
+
+        def part(lo: int, hi: int, p: int) -> None:
+            for key, make, _ in buckets[p]:
+                shared.get(key, make)
+
+        if w == 1 or sum(loads) < _threads.MIN_PARALLEL_WORK / 8:
+            part(0, 1, 0) if w == 1 else [part(0, 1, i) for i in range(w)]
+        else:
+            _threads.run_parts(part, [(i, i + 1) for i in range(w)])
 
     def _ranges(self, n: int) -> list[tuple[int, int]]:
         """The parts a batch of ``n`` is cut into at the model level."""
@@ -367,6 +412,8 @@ class Model:
             return runs[p].unrun(nodes, dy[lo:hi], caches[p])
 
         with _threads.engine_region(), _threads.workspaces_of(self.workspaces):
+            if runs[0].training:
+                self._prepare(runs[0].shared, "bwd")
             dxs = _threads.run_parts(part, ranges, on_error=(
                 runs[0].rendezvous.abort if len(runs) > 1 else None))
             if runs[0].training:

@@ -278,9 +278,7 @@ class Conv(_ConvBase):
         w = state["weight"]
         dtype = w.dtype
         if crop is not None:  # the cut taps read only padding: no gradient
-            full = np.zeros_like(w)
-            full[:, :, crop.u0:crop.u1, crop.v0:crop.v1] = dwf
-            dwf = full
+            dwf = conv.uncrop_grad(dwf, w.shape, crop)
         grads["weight"] = (dwf * s.reshape(-1, 1, 1, 1)).astype(dtype)
         b = state["bias"].astype(np.float64) if "bias" in state else 0.0
         if "bias" in state:

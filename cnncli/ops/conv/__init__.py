@@ -20,6 +20,8 @@ thread count.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from cnncli.errors import ShapeMismatchError
@@ -101,13 +103,15 @@ class PassCache:
     """Weights prepared once per pass and shared by the parts that run it (Winograd's
     transformed weights, a cropped kernel): ``get(key, make)`` computes on first use.
     The engine makes one per forward/backward pair; without one, each call prepares its
-    own."""
+    own. Different keys are prepared concurrently (the lock is not held while ``make``
+    runs); a part asking for a key that another is preparing waits for it."""
 
     def __init__(self) -> None:
         import threading
 
         self._lock = threading.Lock()
         self._items: dict = {}
+        self._pending: dict = {}  # key -> Event of the thread preparing it
 
     def clear(self, keep: tuple[str, ...] = ()) -> None:
         """Forget what was prepared, except entries whose key starts with a name in
@@ -118,11 +122,48 @@ class PassCache:
                 return
             self._items = {k: v for k, v in self._items.items() if k[0] in keep}
 
-    def get(self, key, make):
+    def __contains__(self, key) -> bool:
         with self._lock:
-            if key not in self._items:
-                self._items[key] = make()
-            return self._items[key]
+            return key in self._items
+
+    def get(self, key, make):
+        import threading
+
+        while True:
+            with self._lock:
+                if key in self._items:
+                    return self._items[key]
+                wait = self._pending.get(key)
+                if wait is None:
+                    done = self._pending[key] = threading.Event()
+                    break
+            wait.wait()  # another part prepares it (if that failed, try again here)
+        try:
+            value = make()
+            with self._lock:
+                self._items[key] = value
+            return value
+        finally:
+            with self._lock:
+                del self._pending[key]
+            done.set()
+
+
+def weight_preparations(w: np.ndarray, algo: ConvAlgo, direction: str
+                        ) -> list[tuple[tuple, Any, int]]:
+    """(key, make, cost) of each array that run_forward (``direction`` 'fwd') or
+    run_backward ('bwd') will ask a PassCache for, so that a model can prepare a whole
+    pass's weights up front, shared out over its worker threads, instead of one part
+    preparing each in turn while the others wait (ResNet-18: 7 ms a step)."""
+    out: list[tuple[tuple, Any, int]] = []
+    if algo.crop is not None:
+        out.append((("crop", id(w)), lambda: crop_weights(w, algo.crop), w.size))
+        return out  # a cropped kernel is never 3x3: no Winograd
+    if direction == "fwd" and algo.fwd == "winograd":
+        out.append((("wino", id(w)), lambda: winograd.winograd_weights(w), 2 * w.size))
+    if direction == "bwd" and algo.dx == "winograd":
+        out.append((("wino.dx", id(w)), lambda: winograd.winograd_weights_dx(w), 2 * w.size))
+    return out
 
 
 def _prepared(shared: PassCache | None, key, make):
@@ -134,8 +175,17 @@ def _effective_weights(w: np.ndarray, algo: ConvAlgo, shared: PassCache | None):
     crop = algo.crop
     if crop is None:
         return w
-    return _prepared(shared, ("crop", id(w)),
-                     lambda: np.ascontiguousarray(w[:, :, crop.u0:crop.u1, crop.v0:crop.v1]))
+    return _prepared(shared, ("crop", id(w)), lambda: crop_weights(w, crop))
+
+
+def crop_weights(w: np.ndarray, crop) -> np.ndarray:
+    """w [K, C/groups, kh, kw] cut to the live taps of ``crop`` (a TapCrop), contiguous.
+    ``take`` on the flattened taps: 4x faster than a copy of the 4-D slice for a 2x2 crop
+    (NumPy's strided copy with an inner run of 2)."""
+    kh, kw = w.shape[2:]
+    taps = [u * kw + v for u in range(crop.u0, crop.u1) for v in range(crop.v0, crop.v1)]
+    nh, nw = crop.u1 - crop.u0, crop.v1 - crop.v0
+    return w.reshape(-1, kh * kw).take(taps, axis=1).reshape(*w.shape[:2], nh, nw)
 
 
 def _uncrop(dw: np.ndarray, w_shape, algo: ConvAlgo, uncrop: bool = True) -> np.ndarray:
