@@ -127,6 +127,9 @@ class Model:
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float64):
             raise ValueError(f"dtype must be float32 or float64, not {self.dtype}")
+        from cnncli.engine.heap import keep_freed_memory
+
+        keep_freed_memory()  # steps reuse freed pages instead of faulting them in again
         rng = rng if rng is not None else np.random.default_rng(seed)
         self.state: dict[str, dict[str, np.ndarray]] = {}
         self.params: dict[str, np.ndarray] = {}
