@@ -54,16 +54,35 @@ def weights_from_domain(dut: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(d9.reshape(3, 3, c, k).transpose(3, 2, 0, 1))
 
 
+#: When the transformed weights U (16*K*C values) outgrow this, a chunk gets at least
+#: _MIN_TILES tiles: each chunk's 16 GEMMs stream all of U again, and with 512 channels on
+#: 4x4 maps (16 tiles a chunk of 512 KB) that streaming took longer than the products.
+_U_CACHED_BYTES = 1 << 20
+_MIN_TILES = 128
+
+
+def chunking(c: int, k: int, h: int, wd: int, m: int, itemsize: int,
+             chunk_bytes: int) -> tuple[int, int]:
+    """(images per chunk, tile rows per band) of winograd_conv for ``m`` images, C -> K
+    channels and an output of h x wd: chunks of about ``chunk_bytes`` of transformed input
+    (an image larger than that is cut into bands of tile rows), but at least _MIN_TILES
+    tiles where U does not stay in cache."""
+    th, tw = (h + 1) // 2, (wd + 1) // 2
+    per_image = 16 * c * th * tw * itemsize
+    if 16 * k * c * itemsize > _U_CACHED_BYTES:
+        chunk_bytes = max(chunk_bytes, 16 * c * _MIN_TILES * itemsize)
+    nb = int(max(1, min(m, chunk_bytes // per_image)))
+    bands = -(-per_image // chunk_bytes)
+    nti = th if bands <= 1 else max(1, th // bands)
+    return nb, nti
+
+
 def conv_workspaces(c: int, k: int, h: int, wd: int, m: int, itemsize: int,
                     chunk_bytes: int) -> dict[str, int]:
     """Workspace tag -> elements of winograd_conv for ``m`` images, C -> K channels, an
     output of h x wd (before any fused pooling): the input plane and the V and M bands."""
     th, tw = (h + 1) // 2, (wd + 1) // 2
-    per_image = 16 * c * th * tw * itemsize
-    nb = int(max(1, min(m, chunk_bytes // per_image)))
-    # an image too large for one chunk is cut into bands of tile rows
-    bands = -(-per_image // chunk_bytes)
-    nti = th if bands <= 1 else max(1, th // bands)
+    nb, nti = chunking(c, k, h, wd, m, itemsize, chunk_bytes)
     return _bands(c, k, th, tw, nb * nti * tw)
 
 
@@ -109,12 +128,7 @@ def winograd_conv(src: np.ndarray, u: np.ndarray, bias: np.ndarray, relu: bool,
     if pool_idx is not None:
         h, wd = 2 * h, 2 * wd
     th, tw = (h + 1) // 2, (wd + 1) // 2
-    tiles = th * tw
-    per_image = 16 * c * tiles * y.itemsize
-    nb = int(max(1, min(m, chunk_bytes // per_image)))
-    # an image too large for one chunk is cut into bands of tile rows
-    bands = -(-per_image // chunk_bytes)
-    nti = th if bands <= 1 else max(1, th // bands)
+    nb, nti = chunking(c, k, h, wd, m, y.itemsize, chunk_bytes)
     plane, v_buf, m_buf = _buffers(conv_workspaces(c, k, h, wd, m, y.itemsize, chunk_bytes),
                                    part, y.dtype)
     ns, cs, rs = strides
