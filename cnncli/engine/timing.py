@@ -13,7 +13,8 @@ from cnncli.engine.model import Model
 def time_layers(model: Model, batch: int = 64, iterations: int = 10, warmup: int = 2,
                 seed: int = 0) -> dict[str, Any]:
     """Mean milliseconds per iteration for each node's forward and backward, and in total,
-    with the kernel path the model's plan chose for it (like cuDNN's algorithm report).
+    with the kernel path the model's plan chose for it (like cuDNN's algorithm report), for
+    training steps as ``cnn train`` runs them (logits, no input gradient).
 
     The batch is split over the worker threads as in training; the times are those of the
     first part (the parts run at once). A node whose work another step does (a pool fused
@@ -23,15 +24,17 @@ def time_layers(model: Model, batch: int = 64, iterations: int = 10, warmup: int
     c, h, w = model.input_shape
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((batch, c, h, w)).astype(model.dtype)
+    # as cnn train steps: logits into the fused softmax loss, and no gradient for the
+    # input batch (the first layer skips it: timing it overstated that layer's backward)
     for _ in range(warmup):  # compile Numba kernels, touch buffers
-        y = model.forward(x, training=True)
-        model.backward(np.ones_like(y))
+        y = model.forward(x, training=True, logits=True)
+        model.backward(np.ones_like(y), input_grad=False)
     model.timer = {}
     dy = rng.standard_normal(y.shape).astype(model.dtype)
     t0 = perf_counter()
     for _ in range(iterations):
-        model.forward(x, training=True)
-        model.backward(dy)
+        model.forward(x, training=True, logits=True)
+        model.backward(dy, input_grad=False)
     total = perf_counter() - t0
     timer, model.timer = model.timer, None
     model.release()

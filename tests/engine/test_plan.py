@@ -271,3 +271,21 @@ def test_a_twin_shares_parameters_and_copies_buffers():
     twin.forward(x, training=True)
     assert any(not np.array_equal(twin.buffers[k], before[k]) for k in before)
     assert all(np.array_equal(m.buffers[k], before[k]) for k in before)
+
+
+def test_cnn_time_times_training_steps_without_the_input_gradient(monkeypatch):
+    """``cnn time`` times what cnn train runs: logits into the fused loss and no gradient
+    for the input batch (timing it overstated the first layer's backward 2x)."""
+    from cnncli.engine import timing
+    from cnncli.engine.model import Model
+
+    calls = []
+    fwd, bwd = Model.forward, Model.backward
+    monkeypatch.setattr(Model, "forward", lambda self, x, training=False, **kw: (
+        calls.append(("fwd", training, kw.get("logits"))) or fwd(self, x, training, **kw)))
+    monkeypatch.setattr(Model, "backward", lambda self, dy, **kw: (
+        calls.append(("bwd", kw.get("input_grad", True))) or bwd(self, dy, **kw)))
+    model = build_model("architectures/lenet5.yaml", seed=0)
+    rep = timing.time_layers(model, batch=4, iterations=2, warmup=1)
+    assert set(calls) == {("fwd", True, True), ("bwd", False)}
+    assert rep["layers"][0]["backward_ms"] > 0  # its weight gradient is still timed
