@@ -115,7 +115,7 @@ class Dense(Layer):
         x2 = x.reshape(x.shape[0], -1)
         if _by_columns(state, ctx):
             return self._forward_columns(node, x, x2, state, ctx)
-        z = x2 @ state["weight"].T
+        z = _times_weights_t(x2, state["weight"])
         if "bias" in state:
             z += state["bias"]
         act = active(self.cfg["activation"], node, ctx)
@@ -157,7 +157,7 @@ class Dense(Layer):
 
         xs = np.concatenate(ctx.gather((node.path, "x"), x2))
         c0, c1 = _threads.split(self.units, ctx.parts)[ctx.part]
-        block = xs @ state["weight"][c0:c1].T
+        block = _times_weights_t(xs, state["weight"][c0:c1])
         if "bias" in state:
             block += state["bias"][c0:c1]
         lo, hi = ctx.lo, ctx.lo + x2.shape[0]
@@ -197,6 +197,22 @@ class Dense(Layer):
         for s in shares[1:]:
             dx += s[lo:hi]
         return dx.reshape(shape)
+
+
+#: Float32 batches smaller than this multiply as (W @ X^T)^T: OpenBLAS runs that
+#: orientation 1.3-1.7x faster for few rows (32 x 4096 -> 256: 1.03 -> 0.69 ms, VGG's fc7
+#: for 16 images 13.3 -> 8.6 ms on one thread); with many rows and small weights (LeNet's
+#: F7 at evaluation, 500 x 84 -> 10) the plain product is faster.
+_FEW_ROWS = 128
+
+
+def _times_weights_t(x2: Any, w: Any) -> Any:
+    """x2 @ w.T as a new C-contiguous array, in the faster GEMM orientation."""
+    import numpy as np
+
+    if x2.shape[0] < _FEW_ROWS and x2.dtype == np.float32:
+        return np.ascontiguousarray(np.matmul(w, x2.T).T)
+    return x2 @ w.T
 
 
 #: Dense layers with at least this many weights (16 MB in float32) split their outputs

@@ -289,3 +289,21 @@ def test_cnn_time_times_training_steps_without_the_input_gradient(monkeypatch):
     rep = timing.time_layers(model, batch=4, iterations=2, warmup=1)
     assert set(calls) == {("fwd", True, True), ("bwd", False)}
     assert rep["layers"][0]["backward_ms"] > 0  # its weight gradient is still timed
+
+
+@pytest.mark.parametrize("rows", [3, 127, 128, 300])
+def test_dense_products_in_either_orientation_agree(rows):
+    """Few float32 rows multiply as (W @ X^T)^T (faster there), many as X @ W^T: same
+    values to float32 rounding, and a C-contiguous result either way."""
+    from cnncli.layers import core
+
+    rng = np.random.default_rng(rows)
+    x = rng.standard_normal((rows, 300)).astype(np.float32)
+    w = rng.standard_normal((70, 300)).astype(np.float32)
+    z = core._times_weights_t(x, w)
+    assert z.flags.c_contiguous and z.shape == (rows, 70) and z.dtype == np.float32
+    np.testing.assert_allclose(z, x.astype(np.float64) @ w.T.astype(np.float64),
+                               rtol=1e-4, atol=1e-4)
+    x64 = x.astype(np.float64)  # float64 keeps the plain product (the golden files)
+    np.testing.assert_array_equal(core._times_weights_t(x64, w.astype(np.float64)),
+                                  x64 @ w.astype(np.float64).T)
