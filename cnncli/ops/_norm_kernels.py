@@ -63,6 +63,33 @@ def bn_apply(x, scale, shift, act, y):
                     yf[_u(base + q)] = six if v > six else v
 
 
+@njit(**_OPTS)
+def shift_act_inplace(y, shift, act):
+    """y = act(y + shift[c]) in place for y [m, C, P] (an empty shift adds nothing). One
+    array, so LLVM vectorises it: bn_apply with x aliasing y ran ReLU6 2.9x slower."""
+    m, C, P = y.shape
+    yf = y.reshape(-1)
+    zero = np.zeros(1, dtype=y.dtype)[0]
+    six = zero + 6
+    has = shift.shape[0] == C
+    for n in range(m):
+        for c in range(C):
+            b = shift[c] if has else zero
+            base = (n * C + c) * P
+            if act == 0:
+                for q in range(P):
+                    yf[_u(base + q)] = yf[_u(base + q)] + b
+            elif act == 1:  # written so that NaN passes through, as np.maximum does
+                for q in range(P):
+                    v = yf[_u(base + q)] + b
+                    yf[_u(base + q)] = zero if v < zero else v
+            else:
+                for q in range(P):
+                    v = yf[_u(base + q)] + b
+                    v = zero if v < zero else v
+                    yf[_u(base + q)] = six if v > six else v
+
+
 @njit(inline="always")
 def _gate(g, v, act, zero, six):
     """The upstream gradient g through the activation, at its input v (the same

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cnncli.ops.conv.common import act_inplace
+from cnncli.ops.conv.common import bias_act_inplace
 from cnncli.ops.conv.geometry import ConvGeometry, is_dense
 from cnncli.ops.options import EngineOptions
 
@@ -78,9 +78,7 @@ def forward(x, w, bias, g: ConvGeometry, act, y, lo: int, hi: int, part: int,
         else:
             out = np.matmul(w2, _cm(xs, part, "pw.cm"))
             np.copyto(yp, out.reshape(k, m, p).transpose(1, 0, 2))
-    if bias.shape[0] == k:
-        y[lo:hi] += bias.reshape(1, k, 1, 1)
-    act_inplace(y[lo:hi], act)
+    bias_act_inplace(y[lo:hi], bias, act)
 
 
 def input_grad(dz, w, g: ConvGeometry, dx, lo: int, hi: int, part: int,
