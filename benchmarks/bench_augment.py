@@ -171,6 +171,78 @@ def ours(src: Path, out: Path, *, n: int, fmt: str, png_level: int, workers: int
     return summary.seconds
 
 
+#: The standalone OpenCV script ``--processes`` times as a whole process (JPEG q95 out).
+OPENCV_SCRIPT = """\
+import math, sys
+from pathlib import Path
+import cv2, numpy as np
+cv2.setNumThreads(1)
+src_dir, out_dir, n = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
+out_dir.mkdir(parents=True, exist_ok=True)
+rng = np.random.default_rng(0)
+for f in sorted(p for p in src_dir.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")):
+    img = cv2.imread(str(f))
+    h, w = img.shape[:2]
+    for i in range(n):
+        a = rng.uniform(-15, 15)
+        area = rng.uniform(0.8, 1.0) * h * w
+        r = math.exp(rng.uniform(math.log(0.75), math.log(4 / 3)))
+        cw, ch = min(w, round(math.sqrt(area * r))), min(h, round(math.sqrt(area / r)))
+        x0, y0 = rng.integers(0, w - cw + 1), rng.integers(0, h - ch + 1)
+        m = cv2.getRotationMatrix2D((x0 + cw / 2, y0 + ch / 2), a, 1.0)
+        m[:, 2] -= (x0, y0)
+        m *= np.array([[224 / cw], [224 / ch]])
+        if rng.random() < 0.5:
+            m[0], m[0, 2] = -m[0], 224 - m[0, 2]
+        o = cv2.warpAffine(img, m, (224, 224), borderMode=cv2.BORDER_REFLECT_101)
+        o = cv2.LUT(o, np.clip(np.arange(256) * rng.uniform(.8, 1.2), 0, 255).astype(np.uint8))
+        g = cv2.cvtColor(o, cv2.COLOR_BGR2GRAY).mean()
+        lut = np.clip((np.arange(256) - g) * rng.uniform(.8, 1.2) + g, 0, 255).astype(np.uint8)
+        out = str(out_dir / f"{f.stem}_{i}.jpg")
+        cv2.imwrite(out, cv2.LUT(o, lut), [cv2.IMWRITE_JPEG_QUALITY, 95])
+"""
+
+
+def whole_processes(src: Path, tmp: Path, n: int, repeat: int) -> None:
+    """Both tools as a shell user runs them: whole processes (interpreter start, imports,
+    Numba's kernel cache, manifests), best of ``repeat``, the turns alternating; then the
+    same on one image, which is the fixed cost of each."""
+    import subprocess
+
+    script = tmp / "opencv_augment.py"
+    script.write_text(OPENCV_SCRIPT)
+    one = tmp / "one"
+    one.mkdir()
+    first = sorted(src.iterdir())[0]
+    shutil.copy2(first, one / first.name)
+    cmds = {
+        "OpenCV script": lambda s, o: [sys.executable, str(script), str(s), str(o), str(n)],
+        "cnn augment -j 1": lambda s, o: [sys.executable, "-m", "cnncli.cli.main", "augment",
+                                          str(s), "--out", str(o), "-n", str(n), "--ops",
+                                          PIPELINE, "--format", "jpg", "-j", "1"],
+    }
+    best: dict[tuple[str, str], float] = {}
+    for rep in range(repeat):
+        for what, folder in (("all", src), ("one image", one)):
+            for name, cmd in cmds.items():
+                out = tmp / f"proc-{rep}-{what}-{name[:3]}"
+                t0 = time.perf_counter()
+                subprocess.run(cmd(folder, out), check=True, capture_output=True)
+                t = time.perf_counter() - t0
+                best[(name, what)] = min(best.get((name, what), t), t)
+                shutil.rmtree(out, ignore_errors=True)
+    files = len(list(src.iterdir()))
+    print(f"\nwhole processes, {files} sources x {n} JPEG q95 outputs (best of {repeat}):")
+    for name in cmds:
+        print(f"  {name:<18} {best[(name, 'all')]:6.2f} s   fixed cost (one image) "
+              f"{best[(name, 'one image')]:5.2f} s")
+    ratio = best[("OpenCV script", "all")] / best[("cnn augment -j 1", "all")]
+    print(f"  cnn augment speed vs the script: {ratio:.2f}x (target >= 0.9x)")
+    print("  cnn's fixed cost beyond the script's is Numba: its import (which imports "
+          "scipy.linalg when installed) and its first cache load, which initialises its "
+          "typing registries, before the warp kernels load (python -X importtime, cProfile)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("folder", nargs="?", type=Path, default=None)
@@ -181,6 +253,10 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1, help="best of R runs (default 1)")
     ap.add_argument(
         "--opencv", action="store_true", help="also time a lean OpenCV version, 1 thread"
+    )
+    ap.add_argument(
+        "--processes", action="store_true",
+        help="only time cnn augment and a standalone OpenCV script as whole processes",
     )
     args = ap.parse_args()
 
@@ -200,6 +276,12 @@ def main() -> None:
     src.mkdir()
     for f in files:  # a private copy, so --limit works and the shared folder is only read
         shutil.copy2(f, src / f.name)
+    if args.processes:
+        try:
+            whole_processes(src, tmp, args.n, max(1, args.repeat))
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return
     _kernels.warm_up()
     print(
         f"{len(files)} images from {folder} -> {outputs} outputs of 224x224; cpus={os.cpu_count()}"
