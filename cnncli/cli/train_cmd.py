@@ -137,7 +137,7 @@ class _Progress:
 @app.command()
 @handle_errors
 def train(
-    arch: Annotated[Path | None, typer.Option("--arch", "-a", help="Architecture YAML file.")] = None,
+    arch: Annotated[Path | None, typer.Option("--arch", "-a", metavar="SPEC", help="Architecture YAML file.")] = None,
     data: Annotated[Path | None, typer.Option(help="MNIST IDX folder, image folder or .npz "
                                               "(default: sample_data/mnist).")] = None,
     epochs: Annotated[int | None, typer.Option(help="Epochs (default: 20).")] = None,
