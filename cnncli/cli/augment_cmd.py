@@ -202,7 +202,7 @@ def _run_with_progress(
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
-        console=stderr,
+        console=stderr.console,
         transient=True,
         disable=not stderr.is_terminal,
     ) as bar:

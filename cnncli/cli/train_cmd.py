@@ -98,7 +98,7 @@ class _Progress:
             self.first_epoch, self.epochs = d["start_epoch"], d["epochs"]
             self.bar = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(),
                                 MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
-                                TimeRemainingColumn(), console=stderr, transient=True)
+                                TimeRemainingColumn(), console=stderr.console, transient=True)
             self.bar.start()
             total = d["batches"] * max(1, d["epochs"] - d["start_epoch"])
             self.task = self.bar.add_task("train", total=total, epoch="-", stats="")
