@@ -11,7 +11,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     # click's plain help layout: typer's rich panels import rich (60 ms, a third of `cnn
-    # --help`), break choice lists mid-word and join epilog lines
+    # --help`), break choice lists mid-word and join epilog lines; errors: see _usage_errors
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120},
 )
@@ -46,6 +46,10 @@ def _light_coercion() -> None:
             try:
                 value = kind(value)
             except (TypeError, ValueError) as exc:
+                if issubclass(kind, Enum):  # "'xml' is not one of table, json", not the class
+                    allowed = ", ".join(str(m.value) for m in kind)
+                    raise typer.BadParameter(f"{value!r} is not one of {allowed}.",
+                                             ctx=ctx, param=param) from exc
                 raise typer.BadParameter(f"{value!r} is not a valid {kind.__name__}",
                                          ctx=ctx, param=param) from exc
             info = self.parameter_info
@@ -165,11 +169,54 @@ def _usage_names() -> None:
     TyperArgument._usage_display_name = _usage_display_name
 
 
+def usage_error_line(exc: Exception) -> str:
+    """One line for a click usage error: ``cnn time: no such option --warmup (try 'cnn time
+    --help')``, instead of click's usage, hint and message on three lines."""
+    exceptions = _click(".exceptions")
+    NoSuchOption, UsageError = exceptions.NoSuchOption, exceptions.UsageError  # noqa: N806
+
+    if isinstance(exc, NoSuchOption):
+        message = f"no such option {exc.option_name}"
+        if exc.possibilities:
+            message += f" (did you mean {' or '.join(sorted(exc.possibilities))}?)"
+    else:
+        message = exc.format_message().strip().rstrip(".")
+        if message[:2].istitle():  # "Missing argument 'SPEC'", not "SPEC is ..."
+            message = message[0].lower() + message[1:]
+    ctx = getattr(exc, "ctx", None)
+    if ctx is None or not isinstance(exc, UsageError):
+        return message
+    names = ctx.help_option_names if ctx.command.get_help_option(ctx) is not None else []
+    long = [n for n in names if n.startswith("--")] or names
+    hint = f" (try '{ctx.command_path} {long[0]}')" if long else ""
+    return f"{ctx.command_path}: {message}{hint}"
+
+
+def _usage_errors() -> None:
+    """Click's usage errors (exit 2) and other click errors (exit 1) as one ``error:`` line
+    on stderr, like every other error of cnn; the exit codes stay click's."""
+    click, exceptions = _click(), _click(".exceptions")
+
+    def show(self, file=None) -> None:  # noqa: ANN001
+        from cnncli.cli.common import error
+
+        error(usage_error_line(self))
+
+    def show_help(self, file=None) -> None:  # noqa: ANN001
+        click.echo(self.format_message(), file=file, color=self.ctx.color)  # stdout, as before
+
+    exceptions.ClickException.show = show
+    exceptions.UsageError.show = show
+    if hasattr(exceptions, "NoArgsIsHelpError"):  # `cnn` or `cnn viz` alone: the help, exit 2
+        exceptions.NoArgsIsHelpError.show = show_help
+
+
 _light_coercion()
 _help_types()
 _whole_short_help()
 _no_hyphen_breaks()
 _usage_names()
+_usage_errors()
 
 
 def _version(value: bool) -> None:
