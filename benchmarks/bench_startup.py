@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/bench_startup.py [--repeat R] [--kernels]
+    python benchmarks/bench_startup.py [--repeat R] [--kernels] [--light]
 
 Each row is one whole process, timed from just before it starts:
 
@@ -16,6 +16,9 @@ Each row is one whole process, timed from just before it starts:
 new empty folder, as on a fresh install or CI; "warm" reruns it with the cache the cold run
 filled. Each figure is the best of ``--repeat`` runs (default 3; the machine may be shared),
 the runs taking turns. The ``x floor`` column is warm time over the import floor's.
+
+``--light`` times only the floor, ``--help`` and ``shapes`` (seconds, no Numba), for a quick
+check of the light commands on a machine that is busy with other work.
 
 ``--kernels`` also lists, for the train and augment commands, each kernel specialisation
 compiled on the cold run and its compile time (numba's ``numba:compile`` events, in process).
@@ -123,10 +126,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=3, help="best of R runs (default 3)")
     ap.add_argument("--kernels", action="store_true", help="per-kernel compile times too")
+    ap.add_argument("--light", action="store_true",
+                    help="only the import floor, --help and shapes (no train, no augment)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="cnn-startup-"))
     try:
-        cmds = commands(tmp)
+        cmds = commands(tmp)[:3] if args.light else commands(tmp)
         best: dict[tuple[str, str], float] = {}
         for _ in range(max(1, args.repeat)):
             for label, cmd in cmds:
@@ -153,7 +158,7 @@ def main() -> None:
                 continue
             print(f"{label:32} {best[(label, 'cold')]:7.2f} {best[(label, 'warm')]:7.2f} "
                   f"{best[(label, 'warm')] / floor:8.1f}")
-        if args.kernels:
+        if args.kernels and not args.light:
             kernels(tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

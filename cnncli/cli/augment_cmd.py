@@ -17,13 +17,15 @@ from cnncli.cli.app import app
 from cnncli.cli.common import handle_errors, info, stderr, stdout, warn, write_stdout
 from cnncli.errors import CnnError, ExitCode
 
-_EPILOG = (
-    "Examples: cnn augment ./images --out ./augmented -n 5 --seed 0 | "
-    "cnn augment digits/ --out aug/ --preset digits -n 10 | "
-    'cnn augment photos/ --out aug/ --ops "flip,rotate=15,crop=0.8,brightness=0.2" --format jpg | '
-    "cnn augment --list-ops | "
-    "cnn augment photos/ --out aug/ --executor dask --address tcp://HOST:8786"
-)
+# "\b" keeps click from rewrapping the paragraph: one example per line
+_EPILOG = """\b
+Examples:
+  cnn augment ./images --out ./augmented -n 5 --seed 0
+  cnn augment digits/ --out aug/ --preset digits -n 10
+  cnn augment photos/ --out aug/ --ops "flip,rotate=15,crop=0.8,brightness=0.2" --format jpg
+  cnn augment --list-ops
+  cnn augment photos/ --out aug/ --executor dask --address tcp://HOST:8786
+"""
 
 
 @app.command("augment", epilog=_EPILOG)
@@ -200,7 +202,7 @@ def _run_with_progress(
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
-        console=stderr,
+        console=stderr.console,
         transient=True,
         disable=not stderr.is_terminal,
     ) as bar:

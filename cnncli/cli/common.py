@@ -12,16 +12,52 @@ from enum import Enum
 from typing import Any, TypeVar
 
 import typer
-from rich.console import Console
 
 from cnncli.errors import CnnError, Terminated, interrupt_exit_code
 
+
+class _LazyConsole:
+    """A rich ``Console`` made on first use: importing rich costs 20-60 ms, which
+    ``cnn shapes -f json`` or ``--help`` would pay for nothing. Attribute reads and writes
+    go to the console (``stdout.print``, ``stderr.is_terminal``, ``stdout.quiet = True``);
+    pass ``.console`` where rich itself wants a ``Console``."""
+
+    def __init__(self, make: Callable[[], Any]) -> None:
+        object.__setattr__(self, "_make", make)
+        object.__setattr__(self, "_console", None)
+
+    @property
+    def console(self) -> Any:
+        if self._console is None:
+            object.__setattr__(self, "_console", self._make())
+        return self._console
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.console, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self.console, name, value)
+
+
+def _stdout_console() -> Any:
+    from rich.console import Console
+
+    console = Console()
+    if not console.is_terminal and not os.environ.get("COLUMNS"):
+        console.width = 160  # piped tables get room instead of the 80-column fallback
+    return console
+
+
+def _stderr_console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True, soft_wrap=True)
+
+
 # Data goes to stdout, everything else (progress, warnings, errors) to stderr. rich turns
 # colour off by itself when the stream is not a terminal, and honours NO_COLOR.
-stdout = Console()
-stderr = Console(stderr=True, soft_wrap=True)
-if not stdout.is_terminal and not os.environ.get("COLUMNS"):
-    stdout.width = 160  # piped tables get room instead of the 80-column fallback
+stdout = _LazyConsole(_stdout_console)
+stderr = _LazyConsole(_stderr_console)
 
 
 class OutputFormat(str, Enum):

@@ -18,7 +18,7 @@ def main() -> None:
 
     install_signal_handlers()
     try:
-        app()
+        app(prog_name="cnn")  # "cnn time", not "python -m cnncli.cli.main time"
     finally:
         ignore_signals()  # from here to the end of the process: see ignore_signals
 

@@ -98,7 +98,7 @@ class _Progress:
             self.first_epoch, self.epochs = d["start_epoch"], d["epochs"]
             self.bar = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(),
                                 MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
-                                TimeRemainingColumn(), console=stderr, transient=True)
+                                TimeRemainingColumn(), console=stderr.console, transient=True)
             self.bar.start()
             total = d["batches"] * max(1, d["epochs"] - d["start_epoch"])
             self.task = self.bar.add_task("train", total=total, epoch="-", stats="")
@@ -137,7 +137,7 @@ class _Progress:
 @app.command()
 @handle_errors
 def train(
-    arch: Annotated[Path | None, typer.Option("--arch", "-a", help="Architecture YAML file.")] = None,
+    arch: Annotated[Path | None, typer.Option("--arch", "-a", metavar="SPEC", help="Architecture YAML file.")] = None,
     data: Annotated[Path | None, typer.Option(help="MNIST IDX folder, image folder or .npz "
                                               "(default: sample_data/mnist).")] = None,
     epochs: Annotated[int | None, typer.Option(help="Epochs (default: 20).")] = None,
