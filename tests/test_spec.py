@@ -1092,3 +1092,15 @@ def test_spec_is_plain_data(tmp_path):
     spec = load_spec(p)
     assert spec.raw["name"] == "LeNet-5"
     assert spec.raw.line == 1  # YAML line info survives on the mapping
+
+
+def test_a_control_character_after_non_ascii_text_names_its_line_and_column():
+    """libyaml's parser (used when PyYAML has it) counts bytes; the error still names the
+    character's line and column as the text has them."""
+    from cnncli.yamlsrc import load_yaml
+
+    text = 'name: "é测试"\ninput: [8, 8, 1]\nlayers: [flatten]\x00\n'
+    with pytest.raises(SpecError) as err:
+        load_yaml(text, file="s.yaml")
+    assert err.value.line == 3
+    assert "unacceptable character #x0000 at column 18" in str(err.value)
