@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/bench_startup.py [--repeat R] [--kernels] [--light]
+    python benchmarks/bench_startup.py [--repeat R] [--kernels] [--light] [--torchinfo]
 
 Each row is one whole process, timed from just before it starts:
 
@@ -23,8 +23,12 @@ check of the light commands on a machine that is busy with other work.
 ``--kernels`` also lists, for the train and augment commands, each kernel specialisation
 compiled on the cold run and its compile time (numba's ``numba:compile`` events, in process).
 
+``--torchinfo`` (needs torch and torchinfo, never cnncli dependencies) also times, as whole
+processes, torchinfo's summary of ResNet-50 built in plain PyTorch against ``cnn shapes
+architectures/resnet50.yaml`` with ``-f json`` and as the table.
+
 Targets (issue 13): augment cold <= 5 s, train first batch cold <= 2.5 s, ``--help`` and
-``shapes`` within 2.5x of the import floor.
+``shapes`` within 2.5x of the import floor, ``shapes`` >= 8x faster than torchinfo.
 """
 
 from __future__ import annotations
@@ -69,6 +73,61 @@ for t, name, arrays, level in sorted(rows, reverse=True):
     inner = ", called by another kernel: included in its time" if level else ""
     print(f"KERNEL {t:.3f} {name} ({arrays} array args{inner})", file=sys.stderr)
 """
+
+
+#: ResNet-50 in plain PyTorch, summarised by torchinfo (``--torchinfo``): what a PyTorch
+#: user runs to get the table ``cnn shapes architectures/resnet50.yaml`` prints.
+TORCHINFO = """\
+import torch
+from torch import nn
+from torchinfo import summary
+class Bottleneck(nn.Module):
+    def __init__(self, cin, mid, stride):
+        super().__init__()
+        out = mid * 4
+        self.f = nn.Sequential(
+            nn.Conv2d(cin, mid, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU(),
+            nn.Conv2d(mid, mid, 3, stride, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU(),
+            nn.Conv2d(mid, out, 1, bias=False), nn.BatchNorm2d(out))
+        self.d = (nn.Sequential(nn.Conv2d(cin, out, 1, stride, bias=False), nn.BatchNorm2d(out))
+                  if stride != 1 or cin != out else nn.Identity())
+    def forward(self, x):
+        return torch.relu(self.f(x) + self.d(x))
+layers, cin = [nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
+               nn.MaxPool2d(3, 2, 1)], 64
+for mid, n, stride in ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)):
+    for i in range(n):
+        layers.append(Bottleneck(cin, mid, stride if i == 0 else 1))
+        cin = mid * 4
+net = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2048, 1000))
+summary(net, input_size=(1, 3, 224, 224), depth=3)
+"""
+
+
+def torchinfo_ratio(tmp: Path, repeat: int) -> None:
+    """Whole processes, best of ``repeat``: torchinfo on ResNet-50 against cnn shapes
+    (JSON and the terminal table); needs torch and torchinfo, never a cnncli dependency."""
+    import importlib.util
+
+    if not all(importlib.util.find_spec(m) for m in ("torch", "torchinfo")):
+        print("\n--torchinfo: torch and torchinfo are not installed (pip install "
+              "torch==2.13.0 torchinfo)")
+        return
+    script = tmp / "torchinfo_resnet50.py"
+    script.write_text(TORCHINFO)
+    cnn = [sys.executable, "-m", "cnncli.cli.main", "shapes", "architectures/resnet50.yaml"]
+    cmds = {"torchinfo summary": [sys.executable, str(script)],
+            "cnn shapes -f json": cnn + ["-f", "json"], "cnn shapes (table)": cnn}
+    best: dict[str, float] = {}
+    for _ in range(max(1, repeat)):
+        for name, cmd in cmds.items():
+            t0 = time.perf_counter()
+            subprocess.run(cmd, cwd=ROOT, capture_output=True, check=True)
+            best[name] = min(best.get(name, 1e9), time.perf_counter() - t0)
+    ti = best["torchinfo summary"]
+    print(f"\nResNet-50 summary, whole processes (best of {repeat}): torchinfo {ti:.2f} s")
+    for name in list(cmds)[1:]:
+        print(f"  {name:20} {best[name]:.3f} s  {ti / best[name]:5.1f}x faster (target >= 8x)")
 
 
 def commands(tmp: Path) -> list[tuple[str, list[str]]]:
@@ -128,6 +187,8 @@ def main() -> None:
     ap.add_argument("--kernels", action="store_true", help="per-kernel compile times too")
     ap.add_argument("--light", action="store_true",
                     help="only the import floor, --help and shapes (no train, no augment)")
+    ap.add_argument("--torchinfo", action="store_true",
+                    help="also torchinfo's ResNet-50 summary against cnn shapes")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="cnn-startup-"))
     try:
@@ -160,6 +221,8 @@ def main() -> None:
                   f"{best[(label, 'warm')] / floor:8.1f}")
         if args.kernels and not args.light:
             kernels(tmp)
+        if args.torchinfo:
+            torchinfo_ratio(tmp, args.repeat)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
