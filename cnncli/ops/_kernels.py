@@ -118,6 +118,49 @@ def col2im(cols, n0, nb, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, dx):
 
 
 @njit(**_OPTS)
+def im2col_table(x, n0, nb, tab, cols):
+    """im2col for small output maps, from ``tab[tap, p]``: the input pixel (i*W + j) that
+    tap ``tap`` of output pixel p reads, or -1 for padding. With 2x2 or 4x4 outputs the
+    loops of ``im2col`` run two to four iterations each, and their set-up was the cost."""
+    N, C, H, W = x.shape
+    T, P = tab.shape
+    L = nb * P
+    xf = x.reshape(-1)
+    cf = cols.reshape(-1)
+    zero = np.zeros(1, dtype=cols.dtype)[0]
+    for c in range(C):
+        for t in range(T):
+            d0 = (c * T + t) * L
+            for n in range(nb):
+                xb = ((n0 + n) * C + c) * H * W
+                d = d0 + n * P
+                for p in range(P):
+                    q = tab[t, p]
+                    cf[_u(d + p)] = xf[_u(xb + q)] if q >= 0 else zero
+
+
+@njit(**_OPTS)
+def col2im_table(cols, n0, nb, tab, dx):
+    """Adjoint of im2col_table: overwrite images n0..n0+nb-1 of dx with the scattered sums."""
+    N, C, H, W = dx.shape
+    T, P = tab.shape
+    L = nb * P
+    dxf = dx.reshape(-1)
+    cf = cols.reshape(-1)
+    for n in range(nb):
+        for c in range(C):
+            xb = ((n0 + n) * C + c) * H * W
+            for q in range(H * W):
+                dxf[_u(xb + q)] = 0
+            for t in range(T):
+                d = (c * T + t) * L + n * P
+                for p in range(P):
+                    q = tab[t, p]
+                    if q >= 0:
+                        dxf[_u(xb + q)] += cf[_u(d + p)]
+
+
+@njit(**_OPTS)
 def rows_to_nchw(rows, b, relu, n0, nb, wr, y):
     """y[n0+n, k, i, j] = rows[k, (n*Ho + i)*wr + j] (+ b[k] when b has K entries) for
     j < Wo: the GEMM output back to NCHW, dropping the ``wr - Wo`` wide columns. With

@@ -15,6 +15,7 @@ with the workspaces of one part (the caller splits the batch over threads).
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import numpy as np
@@ -92,11 +93,41 @@ def _buffers(lay: Layout, g: ConvGeometry, c: int, k: int, nb: int, part: int, d
             None if pad is None else _threads.workspace("conv.pad", part, pad, dtype))
 
 
+#: Output maps of at most this many pixels (8x8) build their columns from a tap table:
+#: 2-3x faster there (c256 on 2x2 maps: 0.30 -> 0.10 ms per part); even at 16x16
+#: the loop kernels are as fast.
+_TABLE_PIXELS = 64
+
+
+@functools.lru_cache(maxsize=256)
+def tap_table(g: ConvGeometry) -> np.ndarray:
+    """[kh*kw, Ho*Wo] int64: the input pixel (i*W + j) that each tap of each output pixel
+    reads, -1 where it reads padding (im2col_table / col2im_table)."""
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = g.kernel, g.stride, g.padding, g.dilation
+    (h, w), (ho, wo) = g.in_hw, g.out_hw
+    tab = np.full((kh * kw, ho * wo), -1, dtype=np.int64)
+    for u in range(kh):
+        for v in range(kw):
+            for i in range(ho):
+                ih = i * sh + u * dh - ph
+                for j in range(wo):
+                    iw = j * sw + v * dw - pw
+                    if 0 <= ih < h and 0 <= iw < w:
+                        tab[u * kw + v, i * wo + j] = ih * w + iw
+    return tab
+
+
+def _tabled(g: ConvGeometry, lay: Layout) -> bool:
+    return not lay.wide and g.out_hw[0] * g.out_hw[1] <= _TABLE_PIXELS
+
+
 def fill_cols(kern, x, n0, m, g: ConvGeometry, lay: Layout, cols, pad_buf) -> None:
     """cols <- im2col of images n0..n0+m-1 of x, in the layout ``lay``."""
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = g.kernel, g.stride, g.padding, g.dilation
     ho, wo = g.out_hw
-    if not lay.wide:
+    if _tabled(g, lay):
+        kern.im2col_table(x, n0, m, tap_table(g), cols)
+    elif not lay.wide:
         kern.im2col(x, n0, m, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, cols)
     elif lay.padded:
         c, (h, w) = x.shape[1], g.in_hw
@@ -111,7 +142,9 @@ def scatter_cols(kern, cols, n0, m, g: ConvGeometry, lay: Layout, dx, pad_buf) -
     """Images n0..n0+m-1 of dx <- col2im(cols) (the adjoint of fill_cols)."""
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = g.kernel, g.stride, g.padding, g.dilation
     ho, wo = g.out_hw
-    if not lay.wide:
+    if _tabled(g, lay):
+        kern.col2im_table(cols, n0, m, tap_table(g), dx)
+    elif not lay.wide:
         kern.col2im(cols, n0, m, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, dx)
     elif lay.padded:
         c, (h, w) = dx.shape[1], g.in_hw
