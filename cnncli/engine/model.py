@@ -319,8 +319,7 @@ class Model:
             return runs[p].run(nodes, x[lo:hi])
 
         with _threads.engine_region(), _threads.workspaces_of(self.workspaces):
-            if training:
-                self._prepare(shared, "fwd")
+            self._prepare(shared, "fwd" if training else "eval")
             results = _threads.run_parts(part, ranges,
                                          on_error=rdv.abort if rdv is not None else None)
         self._runs, self._ranges_run = runs, ranges
@@ -340,7 +339,7 @@ class Model:
         ``shared`` before the parts start, shared out over the worker threads by size:
         otherwise the first part to reach a conv prepares its weights while the others
         wait, layer after layer."""
-        from cnncli.engine.plan import ConvPoolStep
+        from cnncli.engine.plan import ConvBatchNormStep, ConvPoolStep
         from cnncli.ops import conv
 
         todo = []
@@ -349,6 +348,11 @@ class Model:
             if node.type != "conv":
                 continue
             w = self.state[node.path]["weight"]
+            if direction == "eval" and isinstance(step, ConvBatchNormStep):
+                if ("fold", id(w)) not in shared:
+                    todo.append((("fold", id(w)), self._fold_and_prepare(step, shared),
+                                 (5 if step.kwargs["algo"].fwd == "winograd" else 1) * w.size))
+                continue
             if isinstance(step, ConvPoolStep):
                 algo = conv.ConvAlgo("winograd", "winograd", "winograd")
                 if direction == "bwd":
@@ -357,8 +361,8 @@ class Model:
                 algo = step.kwargs.get("algo")
                 if algo is None:
                     continue
-            todo += [p for p in conv.weight_preparations(w, algo, direction)
-                     if p[0] not in shared]
+            todo += [p for p in conv.weight_preparations(
+                w, algo, "bwd" if direction == "bwd" else "fwd") if p[0] not in shared]
         if not todo:
             return
         w = min(_threads.workers(), len(todo))
@@ -377,6 +381,24 @@ class Model:
             part(0, 1, 0) if w == 1 else [part(0, 1, i) for i in range(w)]
         else:
             _threads.run_parts(part, [(i, i + 1) for i in range(w)])
+
+    def _fold_and_prepare(self, step: Any, shared: Any) -> Any:
+        """The evaluation preparation of a conv + batchnorm step: the folded weights and,
+        on the Winograd path, their transform (which needs the folded array first)."""
+        from cnncli.ops import conv
+
+        conv_node, bn = step.node, step.covers[0]
+        algo = step.kwargs["algo"]
+        state, bn_state = self.state[conv_node.path], self.state[bn.path]
+
+        def make() -> tuple:
+            folded = conv_node.layer.folded(conv_node, state, bn, bn_state, algo)
+            if algo.fwd == "winograd" and algo.crop is None:
+                wf = folded[0]
+                shared.get(("wino", id(wf)), lambda: conv.winograd.winograd_weights(wf))
+            return folded
+
+        return make
 
     def _ranges(self, n: int) -> list[tuple[int, int]]:
         """The parts a batch of ``n`` is cut into at the model level."""

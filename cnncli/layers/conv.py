@@ -227,32 +227,40 @@ class Conv(_ConvBase):
         # gradient is wanted (not for the network's first layer during training).
         return y, (cache, act_cache, ctx, y)
 
+    def folded(self, node: Node, state: dict, bn: Node, bn_state: dict, algo: Any,
+               shared: Any = None) -> tuple:
+        """(W*s, beta + (b - mean)*s, s, 1/sqrt(var + eps)) of forward_folded, prepared once
+        into ``shared`` (``("fold", id(w))``) while the weights stay the same."""
+        import numpy as np
+
+        w = state["weight"]
+
+        def fold() -> tuple:
+            inv = 1.0 / np.sqrt(bn_state["running_var"].astype(np.float64) + bn.layer.eps)
+            s = bn_state["weight"].astype(np.float64) * inv
+            shift = bn_state["bias"] - bn_state["running_mean"] * s
+            if "bias" in state:
+                shift = shift + state["bias"] * s
+            crop = algo.crop  # fold only the live taps (a 3x3 conv on a 1x1 map: 1 of 9)
+            live = w if crop is None else w[:, :, crop.u0:crop.u1, crop.v0:crop.v1]
+            scaled = live * s.astype(w.dtype).reshape(-1, 1, 1, 1)
+            return np.ascontiguousarray(scaled), shift.astype(w.dtype), s, inv
+
+        return fold() if shared is None else shared.get(("fold", id(w)), fold)
+
     def forward_folded(self, node: Node, x: Any, state: dict, ctx: Any, bn: Node,
                        bn_state: dict, act: str | None, algo: Any = None) -> tuple[Any, Any]:
         """Evaluation: this conv and the batchnorm ``bn`` after it as one conv, weights
         w * s and bias beta + (b - mean) * s with s = gamma / sqrt(var + eps) per filter
         (the running statistics: constants at evaluation), ``act`` in the output pass."""
-        import numpy as np
-
         from cnncli.ops import conv
 
         w = state["weight"]
-        inv = 1.0 / np.sqrt(bn_state["running_var"].astype(np.float64) + bn.layer.eps)
-        s = bn_state["weight"].astype(np.float64) * inv
-        shift = bn_state["bias"] - bn_state["running_mean"] * s
-        if "bias" in state:
-            shift = shift + state["bias"] * s
         if algo is None:
             algo = self.algo(node, w.dtype, getattr(ctx, "options", None))
-        crop = algo.crop  # fold only the live taps (a 3x3 conv on a 1x1 map: 1 of 9)
-        live = w if crop is None else w[:, :, crop.u0:crop.u1, crop.v0:crop.v1]
-
-        def fold():
-            scaled = live * s.astype(w.dtype).reshape(-1, 1, 1, 1)
-            return np.ascontiguousarray(scaled), shift.astype(w.dtype)
-
+        crop = algo.crop
         shared = getattr(ctx, "shared", None)
-        wf, bf = fold() if shared is None else shared.get(("fold", id(w)), fold)
+        wf, bf, s, inv = self.folded(node, state, bn, bn_state, algo, shared)
         g = crop.geometry if crop is not None else None
         stride, pad, dil = ((g.stride, g.padding, g.dilation) if g is not None
                             else (self.stride, self.pad, self.dilation))

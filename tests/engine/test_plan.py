@@ -307,3 +307,48 @@ def test_dense_products_in_either_orientation_agree(rows):
     x64 = x.astype(np.float64)  # float64 keeps the plain product (the golden files)
     np.testing.assert_array_equal(core._times_weights_t(x64, w.astype(np.float64)),
                                   x64 @ w.astype(np.float64).T)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_passes_prepare_their_weights_before_the_parts_start(workers, monkeypatch):
+    """Every derived weight a pass reads (folded conv + batchnorm and its Winograd
+    transform at evaluation, cut kernels and transforms in training) is prepared before
+    the parts run, so no part prepares one while the others wait: inside the pass,
+    PassCache.get only finds them. Results equal a pass that prepared lazily."""
+    from cnncli.engine.model import Model
+    from cnncli.ops import conv
+
+    _threads.set_workers(workers)
+    try:
+        model = build_model("architectures/resnet18.yaml", seed=0, input_shape=(16, 16, 3))
+        lazy = build_model("architectures/resnet18.yaml", seed=0, input_shape=(16, 16, 3))
+        monkeypatch.setattr(lazy, "_prepare", lambda shared, direction: None)
+        x = np.random.default_rng(4).standard_normal((16, 3, 16, 16)).astype(np.float32)
+        prepared = {"eval": 0, "pass": 0}
+        get, prep = conv.PassCache.get, Model._prepare
+
+        def counting_get(self, key, make):
+            def counted():
+                prepared[phase[0]] += 1
+                return make()
+            return get(self, key, counted)
+
+        phase = ["pass"]
+
+        def counting_prepare(self, shared, direction):
+            phase[0] = "eval"
+            try:
+                return prep(self, shared, direction)
+            finally:
+                phase[0] = "pass"
+
+        monkeypatch.setattr(conv.PassCache, "get", counting_get)
+        monkeypatch.setattr(Model, "_prepare", counting_prepare)
+        for training in (False, True):
+            prepared.update({"eval": 0, "pass": 0})
+            y = model.forward(x, training=training, logits=True)
+            assert prepared["eval"] > 0 and prepared["pass"] == 0, (training, prepared)
+            np.testing.assert_allclose(y, lazy.forward(x, training=training, logits=True),
+                                       rtol=1e-6, atol=1e-6)
+    finally:
+        _threads.set_workers(None)
