@@ -335,10 +335,11 @@ class Model:
         return y
 
     def _prepare(self, shared: Any, direction: str) -> None:
-        """Prepare the pass's derived weights (cropped kernels, Winograd transforms) into
-        ``shared`` before the parts start, shared out over the worker threads by size:
-        otherwise the first part to reach a conv prepares its weights while the others
-        wait, layer after layer."""
+        """Prepare the pass's derived weights into ``shared`` before the parts start,
+        shared out over the worker threads by cost: otherwise the first part to reach a
+        conv prepares its weights while the others wait, layer after layer. ``direction``:
+        'fwd' and 'bwd' (training: cut kernels, Winograd transforms) or 'eval' (also the
+        conv + batchnorm folds, kept in the evaluation cache until the weights change)."""
         from cnncli.engine.plan import ConvBatchNormStep, ConvPoolStep
         from cnncli.ops import conv
 
@@ -378,7 +379,8 @@ class Model:
                 shared.get(key, make)
 
         if w == 1 or sum(loads) < _threads.MIN_PARALLEL_WORK / 8:
-            part(0, 1, 0) if w == 1 else [part(0, 1, i) for i in range(w)]
+            for i in range(w):  # too little to hand to another thread
+                part(0, 1, i)
         else:
             _threads.run_parts(part, [(i, i + 1) for i in range(w)])
 
