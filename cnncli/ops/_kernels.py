@@ -996,9 +996,9 @@ def winograd_output(M, KT, K, nb, ti0, nti, tw, b, relu, n0, y):
     yf = y.reshape(-1)
     has_b = b.shape[0] == K
     zero = np.zeros(1, dtype=M.dtype)[0]
-    for n in range(nb):
-        for k in range(K):
-            bk = b[k] if has_b else zero
+    for k in range(K):  # k outer: the chunk's tiles of one k are adjacent in each M[e]
+        bk = b[k] if has_b else zero
+        for n in range(nb):
             yb = ((n0 + n) * K + k) * Ho * Wo
             for ti in range(ti0, ti0 + nti):
                 mb = k * T + (n * nti + ti - ti0) * tw
@@ -1043,9 +1043,9 @@ def winograd_output_pool(M, KT, K, nb, ti0, nti, tw, b, idx, n0, y):
     xf = idx.reshape(-1)
     has_b = b.shape[0] == K
     zero = np.zeros(1, dtype=M.dtype)[0]
-    for n in range(nb):
-        for k in range(K):
-            bk = b[k] if has_b else zero
+    for k in range(K):  # k outer, as in winograd_output
+        bk = b[k] if has_b else zero
+        for n in range(nb):
             yb = ((n0 + n) * K + k) * th_all * tw_all
             for ti in range(ti0, ti0 + nti):
                 mb = k * T + (n * nti + ti - ti0) * tw
