@@ -888,8 +888,8 @@ def winograd_input(src, n0, nb, ti0, nti, C, H, W, ns, cs, rs, th, tw, plane, V,
     i_lo, i_hi = max(0, 2 * ti0 - 1), min(H, 2 * (ti0 + nti) + 1)  # input rows read
     for q in range(Hp * Wp):
         plane[_u(q)] = 0
-    for n in range(nb):
-        for c in range(C):
+    for c in range(C):  # c outer: the tiles of one channel are adjacent in each V[e]
+        for n in range(nb):
             s0 = (n0 + n) * ns + c * cs
             for i in range(i_lo, i_hi):
                 # padded column p = j + 1, stored de-interleaved: even p at p // 2, odd p
