@@ -165,17 +165,6 @@ def workspace_elements(network: Any, batch: int, logits: bool = True) -> dict[st
     return out
 
 
-def optimizer_arrays(optimizer: str, size: int = 1, **hparams: Any) -> tuple[int, int]:
-    """(state buffers, scratch arrays written) the optimizer keeps per element of a
-    trainable parameter array of ``size`` elements. Ufunc steps allocate SCRATCH (2) scratch
-    arrays, but one of them is only written with coupled weight decay (never-written pages
-    take no memory); SGD's fused kernel, for large arrays, writes none."""
-    from cnncli.optim import make_optimizer
-
-    opt = make_optimizer(optimizer, **hparams)
-    return opt.state_buffers(), opt.scratch_used(size)
-
-
 def _fused_min(optimizer: str) -> int | None:
     from cnncli.optim import FUSED_MIN
 
@@ -190,7 +179,10 @@ def memory_rows(network: Any, rows: list[dict], batch: int, optimizer: str = "sg
     + scratch), ``kept_bytes`` (activations kept for the backward pass, for ``batch``)."""
     if optimizer == "sgd" and "momentum" not in hparams:
         hparams["momentum"] = 0.9  # cnn train's default for sgd
-    buffers, scratch = optimizer_arrays(optimizer, **hparams)
+    from cnncli.optim import make_optimizer
+
+    opt = make_optimizer(optimizer, **hparams)
+    buffers, scratch = opt.state_buffers(), opt.scratch_used()
     arrays = {n.path: [prod(s) for s in n.params.values()]
               for top in network.nodes for n in top.walk()}
     per_image, fixed, transient = kept_activations(network)
@@ -198,10 +190,10 @@ def memory_rows(network: Any, rows: list[dict], batch: int, optimizer: str = "sg
         trainable = r["trainable_params"]
         r["param_bytes"] = (r["params"] + r["non_trainable"]) * BYTES
         r["grad_bytes"] = trainable * BYTES
-        sizes = arrays.get(r["name"], []) if trainable == sum(arrays.get(r["name"], [])) \
-            else [trainable]
-        r["optimizer_bytes"] = sum(
-            k * sum(optimizer_arrays(optimizer, k, **hparams)) for k in sizes) * BYTES
+        sizes = arrays.get(r["name"], [])  # each array's scratch follows its own path
+        if sum(sizes) != trainable:  # frozen (0), or not one array per parameter
+            sizes = [trainable]
+        r["optimizer_bytes"] = sum(k * (buffers + opt.scratch_used(k)) for k in sizes) * BYTES
         r["kept_bytes"] = per_image.get(r["name"], 0) * batch + fixed.get(r["name"], 0)
     totals = {
         "optimizer": optimizer,

@@ -396,8 +396,7 @@ class Model:
         def make() -> tuple:
             folded = conv_node.layer.folded(conv_node, state, bn, bn_state, algo)
             if algo.fwd == "winograd" and algo.crop is None:
-                wf = folded[0]
-                shared.get(("wino", id(wf)), lambda: conv.winograd.winograd_weights(wf))
+                shared.get(*conv.wino_entry(folded[0]))
             return folded
 
         return make

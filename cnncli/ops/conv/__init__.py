@@ -155,17 +155,29 @@ def weight_preparations(w: np.ndarray, algo: ConvAlgo, direction: str
     run_backward ('bwd') will ask a PassCache for, so that a model can prepare a whole
     pass's weights up front, shared out over its worker threads, instead of one part
     preparing each in turn while the others wait (ResNet-18: 7 ms a step)."""
-    out: list[tuple[tuple, Any, int]] = []
-    if algo.crop is not None:
-        # costs in about 0.3 ns units, as measured: a crop reads w once (0.8 ms for
-        # [512, 512, 3, 3]), a Winograd transform is a small GEMM and takes ~4x per weight
-        out.append((("crop", id(w)), lambda: crop_weights(w, algo.crop), w.size))
-        return out  # a cropped kernel is never 3x3: no Winograd
+    # costs in about 0.3 ns units, as measured: a crop reads w once (0.8 ms for
+    # [512, 512, 3, 3]), a Winograd transform is a small GEMM and takes ~4x per weight
+    if algo.crop is not None:  # a cropped kernel is never 3x3: no Winograd
+        return [(*crop_entry(w, algo.crop), w.size)]
     if direction == "fwd" and algo.fwd == "winograd":
-        out.append((("wino", id(w)), lambda: winograd.winograd_weights(w), 4 * w.size))
+        return [(*wino_entry(w), 4 * w.size)]
     if direction == "bwd" and algo.dx == "winograd":
-        out.append((("wino.dx", id(w)), lambda: winograd.winograd_weights_dx(w), 4 * w.size))
-    return out
+        return [(*wino_dx_entry(w), 4 * w.size)]
+    return []
+
+
+# The PassCache entries of derived weights, (key, make): one definition each, for the
+# paths that read them and for Model._prepare, which makes them ahead of a pass.
+def crop_entry(w: np.ndarray, crop) -> tuple[tuple, Any]:
+    return ("crop", id(w)), lambda: crop_weights(w, crop)
+
+
+def wino_entry(w: np.ndarray) -> tuple[tuple, Any]:
+    return ("wino", id(w)), lambda: winograd.winograd_weights(w)
+
+
+def wino_dx_entry(w: np.ndarray) -> tuple[tuple, Any]:
+    return ("wino.dx", id(w)), lambda: winograd.winograd_weights_dx(w)
 
 
 def _prepared(shared: PassCache | None, key, make):
@@ -177,7 +189,7 @@ def _effective_weights(w: np.ndarray, algo: ConvAlgo, shared: PassCache | None):
     crop = algo.crop
     if crop is None:
         return w
-    return _prepared(shared, ("crop", id(w)), lambda: crop_weights(w, crop))
+    return _prepared(shared, *crop_entry(w, crop))
 
 
 def crop_weights(w: np.ndarray, crop) -> np.ndarray:
@@ -287,7 +299,7 @@ def run_forward(x, w, b, g: ConvGeometry, act, algo: ConvAlgo, opts: EngineOptio
     y = np.empty((n, k, *g.out_hw), dtype=x.dtype)
     bias = b if b is not None else np.empty(0, dtype=x.dtype)
     if algo.fwd == "winograd":
-        ew = _prepared(shared, ("wino", id(w)), lambda: winograd.winograd_weights(ew))
+        ew = _prepared(shared, *wino_entry(ew))  # ew is w: Winograd kernels are never cut
     fn = _FORWARD[algo.fwd]
 
     def part(lo: int, hi: int, p: int) -> None:
@@ -321,7 +333,7 @@ def run_backward(x, w, g: ConvGeometry, algo: ConvAlgo, opts: EngineOptions, dy,
                   and act[0] in im2col.ACT_CODES)
     u_dx = None
     if need_dx and algo.dx == "winograd":
-        u_dx = _prepared(shared, ("wino.dx", id(w)), lambda: winograd.winograd_weights_dx(ew))
+        u_dx = _prepared(shared, *wino_dx_entry(ew))
     dw_fn, dx_fn = _WEIGHT_GRAD.get(algo.dw), _INPUT_GRAD.get(algo.dx)
 
     def part(lo: int, hi: int, p: int):
@@ -377,7 +389,7 @@ def _run_dx_only(x, w, g: ConvGeometry, algo: ConvAlgo, opts: EngineOptions, dy,
                   and algo.dx == "im2col" and act[0] in im2col.ACT_CODES)
     u_dx = None
     if algo.dx == "winograd":
-        u_dx = _prepared(shared, ("wino.dx", id(w)), lambda: winograd.winograd_weights_dx(ew))
+        u_dx = _prepared(shared, *wino_dx_entry(ew))
     dx_fn = _INPUT_GRAD[algo.dx]
 
     def part(lo: int, hi: int, p: int) -> None:

@@ -8,39 +8,36 @@ import numpy as np
 FUSED_ACTIVATIONS = ("relu", "tanh", "relu6")
 
 
+#: The activations the one-pass kernel (``_norm_kernels.shift_act_inplace``) applies.
+_KERNEL_ACTS = {None: 0, "relu": 1, "relu6": 2}
+
+
 def act_inplace(y: np.ndarray, act: str | None) -> None:
-    """Apply a fused activation to (a slice of) the output, in place (ReLU and ReLU6 on
-    contiguous slices as one vectorised kernel pass: np.clip took 2.7x as long)."""
-    if act in ("relu", "relu6") and y.ndim >= 2 and y.flags.c_contiguous and y.size:
+    """Apply a fused activation to (a slice of) the output, in place."""
+    bias_act_inplace(y, np.empty(0, dtype=y.dtype), act)
+
+
+def bias_act_inplace(y: np.ndarray, bias: np.ndarray, act: str | None) -> None:
+    """y += bias[k] (an empty bias: none), then the fused activation, in place on a
+    [m, K, ...] slice. On a contiguous slice, bias and ReLU/ReLU6 are one vectorised
+    kernel pass: ``+=`` then ``np.clip`` took 2.7x as long (MobileNetV2's 1x1 convs at
+    evaluation, whose bias is the folded batchnorm). Strided views and tanh: NumPy."""
+    k = y.shape[1]
+    has_bias = bias.shape[0] == k
+    if (act in _KERNEL_ACTS and (has_bias or act is not None) and y.flags.c_contiguous
+            and y.size):
         from cnncli.ops import _norm_kernels as nk
 
-        nk.shift_act_inplace(y.reshape(y.shape[0], y.shape[1], -1),
-                             np.empty(0, dtype=y.dtype), 1 if act == "relu" else 2)
+        nk.shift_act_inplace(y.reshape(y.shape[0], k, -1), bias, _KERNEL_ACTS[act])
         return
+    if has_bias:
+        y += bias.reshape(1, k, *([1] * (y.ndim - 2)))
     if act == "tanh":
         np.tanh(y, out=y)
     elif act == "relu":
         np.maximum(y, 0, out=y)
     elif act == "relu6":
         np.clip(y, 0, 6, out=y)
-
-
-def bias_act_inplace(y: np.ndarray, bias: np.ndarray, act: str | None) -> None:
-    """y += bias[k] (an empty bias: none), then the fused activation, in place on a
-    contiguous [m, K, H, W] slice: ReLU and ReLU6 in the same single pass as the bias,
-    which as ``+=`` then ``np.clip`` took two (MobileNetV2's 1x1 convs at evaluation,
-    whose bias is the folded batchnorm)."""
-    k = y.shape[1]
-    has_bias = bias.shape[0] == k
-    if act in (None, "relu", "relu6") and (has_bias or act is not None):
-        from cnncli.ops import _norm_kernels as nk
-
-        nk.shift_act_inplace(y.reshape(y.shape[0], k, -1), bias,
-                             {None: 0, "relu": 1, "relu6": 2}[act])
-        return
-    if has_bias:
-        y += bias.reshape(1, k, 1, 1)
-    act_inplace(y, act)
 
 
 def act_grad(dy: np.ndarray, y: np.ndarray, act: str, lo: int, hi: int,

@@ -54,8 +54,8 @@ def conv2d_relu_maxpool2_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | N
     without writing or re-reading the full-size activation. ``argmax=False`` (inference)
     skips recording the winners; the backward pass then cannot run."""
     from cnncli.ops import _threads
-    from cnncli.ops.conv import _prepared
-    from cnncli.ops.conv.winograd import winograd_conv, winograd_weights
+    from cnncli.ops.conv import _prepared, wino_entry
+    from cnncli.ops.conv.winograd import winograd_conv
 
     opts = options if options is not None else DEFAULT
     x, w = check_arrays(x, w, b, "conv2d_relu_maxpool2")
@@ -71,7 +71,7 @@ def conv2d_relu_maxpool2_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | N
     g = geometry((h, wd), w.shape, 1, 1, 1, 1)
     y = np.empty((n, k, h // 2, wd // 2), dtype=x.dtype)
     idx = np.empty(y.shape if argmax else (0,), dtype=np.uint8)
-    u = _prepared(shared, ("wino", id(w)), lambda: winograd_weights(w))
+    u = _prepared(shared, *wino_entry(w))
     bias = b if b is not None else np.empty(0, dtype=x.dtype)
     xf = x.reshape(-1)
     per = c * h * wd
