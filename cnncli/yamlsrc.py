@@ -38,6 +38,19 @@ class YList(list):
 #: libyaml's parser when PyYAML has it (ResNet-50's spec composes in 1 ms instead of 12);
 #: the error texts differ a little from the pure-Python parser's, the lines do not.
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+#: libyaml composes nested nodes by C recursion and crashes the process (a segfault, no
+#: error) somewhere between 10,000 and 30,000 levels. Every level of nesting takes one of
+#: these characters, so a text with fewer of them cannot nest deeper; one with more (the
+#: shipped specs have 59-776) goes to the pure-Python parser, which raises RecursionError.
+_NESTING_MARKS = "[{-:?"
+_C_MAX_MARKS = 5000
+
+
+def _loader_for(text: str) -> type:
+    if _LOADER is yaml.SafeLoader:
+        return _LOADER
+    marks = sum(text.count(c) for c in _NESTING_MARKS)
+    return _LOADER if marks <= _C_MAX_MARKS else yaml.SafeLoader
 
 
 def load_yaml(text: str, file: str | None = None) -> Any:
@@ -45,7 +58,7 @@ def load_yaml(text: str, file: str | None = None) -> Any:
     try:
         # The reader checks every character (Python's when it is built, libyaml's as it
         # reads): a NUL byte fails in one of the two places.
-        loader = _LOADER(text)
+        loader = _loader_for(text)(text)
     except yaml.reader.ReaderError as exc:
         raise _bad_character(exc, text, file) from None
     try:

@@ -1104,3 +1104,17 @@ def test_a_control_character_after_non_ascii_text_names_its_line_and_column():
         load_yaml(text, file="s.yaml")
     assert err.value.line == 3
     assert "unacceptable character #x0000 at column 18" in str(err.value)
+
+
+@pytest.mark.parametrize("text", ["[" * 200_000, "- " * 40_000 + "1"], ids=["flow", "block"])
+def test_nesting_too_deep_for_libyaml_is_an_error_not_a_crash(text):
+    """libyaml's C composer crashes the process (segfault) past some 10,000 levels; such a
+    text must reach the pure-Python parser, whose RecursionError becomes a SpecError. Run
+    in a child process, so that a crash fails this test instead of the whole suite."""
+    code = ("import sys\nfrom cnncli.errors import SpecError\nfrom cnncli.yamlsrc import "
+            "load_yaml\ntry:\n    load_yaml(sys.stdin.read(), file='deep.yaml')\n"
+            "except SpecError as e:\n    print(e)\n")
+    res = subprocess.run([sys.executable, "-c", code], input=text, capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-500:]
+    assert "YAML nesting is too deep" in res.stdout
