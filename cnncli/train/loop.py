@@ -639,11 +639,12 @@ class _Trainer:
         from cnncli.train.dist import share
 
         model, world, n = self.model, self.world, len(yb)
-        keys = sorted(model.params)
-        sizes = [model.params[k].size for k in keys]
+        params = model.trainable_params  # frozen layers have no gradient (as train_step)
+        keys = sorted(params)
+        sizes = [params[k].size for k in keys]
         # One buffer in the parameters' dtype (4 bytes a parameter for float32): the
         # gradients in sorted name order, then the share's loss sum and correct count.
-        buf = np.zeros(sum(sizes) + 2, dtype=model.params[keys[0]].dtype)
+        buf = np.zeros(sum(sizes) + 2, dtype=model.dtype)
         lo, hi = share(n, world.rank, world.size)
         if hi > lo:
             x, y = xb[lo:hi], yb[lo:hi]
@@ -665,11 +666,10 @@ class _Trainer:
         if not np.isfinite(loss):
             return loss, 0
         grads, at = {}, 0
-        for k, size in zip(keys, sizes):
-            p = model.params[k]
-            grads[k] = buf[at:at + size].reshape(p.shape).astype(p.dtype)
+        for k, size in zip(keys, sizes):  # views of the reduced buffer, already the dtype
+            grads[k] = buf[at:at + size].reshape(params[k].shape)
             at += size
-        self.optimizer.step(model.params, grads)
+        self.optimizer.step(params, grads)
         return loss, int(buf[-1])
 
     def _average_buffers(self) -> None:

@@ -56,7 +56,8 @@ def weights(run: Path) -> dict[str, np.ndarray]:
 def assert_close(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
     assert a.keys() == b.keys()
     for k in a:
-        err = np.linalg.norm(a[k].astype(np.float64) - b[k]) / np.linalg.norm(b[k])
+        scale = np.linalg.norm(b[k]) or 1.0  # an all-zero tensor (a frozen bias): absolute
+        err = np.linalg.norm(a[k].astype(np.float64) - b[k]) / scale
         assert err < RTOL, (k, err)
 
 
@@ -103,6 +104,25 @@ def test_two_ranks_train_as_one_process_and_resume_needs_the_same_count(subset, 
     errors = [ln for ln in other.stderr.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and "resume it without mpiexec" in errors[0], other.stderr
     assert "Traceback" not in other.stderr
+
+
+def test_two_ranks_keep_frozen_layers_fixed_as_one_process_does(subset, tmp_path):
+    """--freeze under mpiexec: only the trainable gradients are reduced and stepped (the
+    frozen layers have none; this was a KeyError traceback on every rank)."""
+    common = ("--arch", LENET5, "--data", subset, "--epochs", 1, "--batch-size", 64,
+              "--seed", 5, "--freeze", "C1")
+    one, two = tmp_path / "one", tmp_path / "two"
+    single = cnn("train", *common, "--out", one)
+    assert single.exit_code == 0, single.stderr
+    mpi = cnn_mpi(2, "train", *common, "--out", two)
+    assert mpi.returncode == 0, mpi.stderr
+    assert "Traceback" not in mpi.stderr
+    got, want = weights(two), weights(one)
+    assert_close(got, want)
+    from cnncli.engine import build_model
+
+    start = build_model(LENET5, seed=5)  # the initial weights: C1 never moved
+    np.testing.assert_array_equal(got["model/C1.weight"], start.get("C1.weight"))
 
 
 def test_shares_cover_a_batch_in_order():
