@@ -204,10 +204,9 @@ def choose_kernels(outputs: int) -> tuple[bool, bool]:
 
 def default_workers() -> int:
     """Cores this process may run on (the affinity mask in containers), else the CPU count."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
+    from cnncli.ops._threads import usable_cpus
+
+    return usable_cpus()
 
 
 def path_key(rel: str) -> tuple[int, ...]:

@@ -50,17 +50,20 @@ def _env_threads() -> int | None:
     return None
 
 
+def usable_cpus() -> int:
+    """Cores this process may run on (the affinity mask in containers), else the CPU count."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def workers() -> int:
     """How many parts a batch is split into (1: run serially in the caller)."""
     global _workers
     if _workers is None:
         n = _env_threads()
-        if n is None:
-            try:
-                n = len(os.sched_getaffinity(0))
-            except (AttributeError, OSError):
-                n = os.cpu_count() or 1
-        _workers = max(1, min(_MAX_WORKERS, n))
+        _workers = max(1, min(_MAX_WORKERS, n if n is not None else usable_cpus()))
     return _workers
 
 

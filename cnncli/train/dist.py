@@ -119,10 +119,7 @@ def _share_cores(local_size: int) -> None:
 
     if _threads._env_threads() is not None:
         return
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
+    cores = _threads.usable_cpus()
     total = os.cpu_count() or cores
     # A launcher that binds each rank to its own cores has already divided them.
     n = cores if cores < total else cores // max(1, local_size)
