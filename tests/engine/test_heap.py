@@ -41,9 +41,10 @@ def test_freed_arrays_are_reused_without_page_faults():
     assert changed and not again  # once per process
     changed, _, faults_system = _run({"CNNCLI_MALLOC": "system"})
     assert not changed
-    # glibc's default maps the 64 MB afresh each time (thousands of faults, fewer with
-    # transparent huge pages); kept memory is reused without any
-    assert faults_system > 500
-    assert faults < faults_system / 20, (faults, faults_system)
+    # glibc's default maps the 64 MB afresh each time: at least one fault per page, 16,384
+    # 4 KB pages or (transparent huge pages) 32 of 2 MB, five times over; the kept memory
+    # is reused with next to none
+    assert faults_system >= 5 * 32 - 10, faults_system
+    assert faults <= max(16, faults_system / 10), (faults, faults_system)
     changed, _, _ = _run({"MALLOC_MMAP_THRESHOLD_": "131072"})
     assert not changed  # the user's own setting wins
